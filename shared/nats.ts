@@ -1,0 +1,33 @@
+// The NATS connection and the JetStream handles every service shares.
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import type { Logger } from './logger.js';
+
+export interface Nats {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+}
+
+export async function connectNats(url: string, log: Logger, name: string): Promise<Nats> {
+  const nc = await connect({
+    servers: url.split(','),
+    name,
+    // Reconnect forever: a NATS restart must never take a service down.
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+    pingInterval: 10_000,
+    timeout: 5_000,
+  });
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error')
+        log.warn({ status: s.type }, 'nats status');
+    }
+  })();
+  // A short publish timeout so an upload during a NATS outage fails fast (503) instead of hanging.
+  const js = jetstream(nc, { timeout: 5_000 });
+  const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+  return { nc, js, jsm };
+}
