@@ -69,7 +69,9 @@ export async function buildSchema(o: BuildOptions, schema: string, fresh: boolea
  */
 export async function rebuild(o: BuildOptions, opts: { tables?: string[] } = {}): Promise<number> {
   const tables = opts.tables ?? Object.keys(READ_MODEL_TABLES);
-  for (const t of tables) if (!(t in READ_MODEL_TABLES)) throw new Error(`unknown read model ${t} (${Object.keys(READ_MODEL_TABLES).join(', ')})`);
+  for (const t of tables)
+    if (!(t in READ_MODEL_TABLES))
+      throw new Error(`unknown read model ${t} (${Object.keys(READ_MODEL_TABLES).join(', ')})`);
   await buildSchema(o, BUILD, false);
   for (;;) {
     const live = await readCheckpoint(o.sql, LIVE, 'main');
@@ -77,9 +79,13 @@ export async function rebuild(o: BuildOptions, opts: { tables?: string[] } = {})
     const switched = await o.sql.begin(async (tx) => {
       // No live batch runs while we hold this: the live checkpoint cannot move under us.
       await tx`select pg_advisory_xact_lock(${SWAP_LOCK})`;
-      const [row] = await tx<{ last_seq: number }[]>`select last_seq from rm.projection_checkpoint where name = 'main'`;
+      const [row] = await tx<
+        { last_seq: number }[]
+      >`select last_seq from rm.projection_checkpoint where name = 'main'`;
       const liveNow = Number(row?.last_seq ?? 0);
-      const [b] = await tx.unsafe<{ last_seq: number }[]>(`select last_seq from "${BUILD}".projection_checkpoint where name = 'main'`);
+      const [b] = await tx.unsafe<{ last_seq: number }[]>(
+        `select last_seq from "${BUILD}".projection_checkpoint where name = 'main'`,
+      );
       const built = Number(b?.last_seq ?? 0);
       if (built < liveNow) return null; // the live projector moved on: catch up again first
       if (tables.length === Object.keys(READ_MODEL_TABLES).length) {
@@ -136,7 +142,9 @@ export async function verify(o: BuildOptions): Promise<{ seq: number; difference
       // Compare under the swap lock so the live models hold still at exactly `built`.
       const result = await o.sql.begin(async (tx) => {
         await tx`select pg_advisory_xact_lock(${SWAP_LOCK})`;
-        const [row] = await tx<{ last_seq: number }[]>`select last_seq from rm.projection_checkpoint where name = 'main'`;
+        const [row] = await tx<
+          { last_seq: number }[]
+        >`select last_seq from rm.projection_checkpoint where name = 'main'`;
         if (Number(row?.last_seq ?? 0) !== built) return null;
         return compareSchemas(tx as unknown as Sql, LIVE, SCRATCH);
       });

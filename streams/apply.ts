@@ -1,6 +1,12 @@
 // Idempotent apply: creates what is missing, updates what changed, never deletes streams or data.
 import type { JetStreamManager } from '@nats-io/jetstream';
-import { advisoryRecorderConfig, advisoryStreamConfig, CONSUMERS, consumerConfig, eventStreamConfig } from './definitions.js';
+import {
+  advisoryRecorderConfig,
+  advisoryStreamConfig,
+  CONSUMERS,
+  consumerConfig,
+  eventStreamConfig,
+} from './definitions.js';
 import type { Names } from './subjects.js';
 
 export async function applyStream(
@@ -8,7 +14,22 @@ export async function applyStream(
   n: Names,
   replicas: number,
 ): Promise<'created' | 'updated'> {
-  const cfg = eventStreamConfig(n, replicas);
+  const result = await upsertStream(jsm, eventStreamConfig(n, replicas));
+  await upsertStream(jsm, advisoryStreamConfig(n, replicas));
+  const rec = advisoryRecorderConfig(n);
+  try {
+    await jsm.consumers.info(n.advisoryStream, rec.durable_name);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+    await jsm.consumers.add(n.advisoryStream, rec);
+  }
+  return result;
+}
+
+async function upsertStream(
+  jsm: JetStreamManager,
+  cfg: ReturnType<typeof eventStreamConfig>,
+): Promise<'created' | 'updated'> {
   try {
     await jsm.streams.info(cfg.name);
   } catch (err) {

@@ -1,0 +1,483 @@
+// Variant benchmark: our decode-once pipeline (services/variants/media.ts) against the vips CLI
+// doing the same outputs one process per output, plus sharp's clone() as the other decode strategy,
+// and an AVIF engine comparison (sharp/aom vs ffmpeg/SVT-AV1) on speed, bytes and SSIM.
+//
+//   node --import tsx bench/variants.ts [--runs 3] [--input path/to/photo.jpg] [--no-write]
+//
+// sharp is imported here only to measure (SSIM, and the clone() strategy as a comparison); the
+// service's processing stays in media.ts.
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import sharp from 'sharp';
+import {
+  ENCODER_SETTINGS,
+  configureMedia,
+  detectAvifEngines,
+  probeImage,
+  renderVariants,
+} from '../services/variants/media.js';
+import type { AvifEngine, EncoderSettings, RenderedVariant } from '../services/variants/media.js';
+import { planVariants } from '../services/variants/plan.js';
+import type { VariantSpec } from '../services/variants/plan.js';
+
+const run = promisify(execFile);
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..');
+const DEFAULT_INPUT = path.resolve(ROOT, '../shared/fixtures/exif-samples/jpg/mobile/jolla.jpg');
+const IMAGE_ID = '00000000-0000-4000-8000-000000000001';
+const DATE_PATH = '2024/01/01';
+
+export interface VariantBenchOptions {
+  /** input photo (default: the 8 MP Jolla phone JPEG from the fixtures) */
+  input?: string;
+  /** timed runs per configuration; the median is reported (default 3, after one warm-up) */
+  runs?: number;
+  /** libvips threads for our runs (default: all cores, as the vips CLI uses) */
+  concurrency?: number;
+  /** where to write the markdown section; null = do not write (default bench/RESULTS-variants.md) */
+  resultsPath?: string | null;
+  log?: (line: string) => void;
+}
+
+export interface TimedConfig {
+  name: string;
+  msPerImage: number;
+  runs: number[];
+}
+
+export interface VariantBenchResult {
+  input: string;
+  width: number;
+  height: number;
+  pipelines: TimedConfig[];
+  baselineMs: number;
+  bytes: Record<string, Record<string, number>>;
+  ssim: Record<string, { webp: number | null; avif: number | null }>;
+  avifEngines: { name: string; engine: AvifEngine; msPerImage: number; bytes: number; ssim1024: number; ssimFull: number; runs: number }[];
+  peakRssMiB: number;
+  markdown: string;
+}
+
+export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<VariantBenchResult> {
+  const log = opts.log ?? ((line: string) => console.log(line));
+  const input = path.resolve(opts.input ?? DEFAULT_INPUT);
+  const runs = Math.max(1, opts.runs ?? 3);
+  const concurrency = opts.concurrency ?? os.availableParallelism();
+  const work = await mkdtemp(path.join(os.tmpdir(), 'pixelfox-variant-bench-'));
+  const engines = await detectAvifEngines();
+  const defaultConcurrency = sharp.concurrency();
+  configureMedia({ concurrency });
+
+  try {
+    const probe = await probeImage(input);
+    const specs = planVariants(
+      { imageId: IMAGE_ID, datePath: DATE_PATH, format: probe.format, width: probe.width, height: probe.height },
+      { original: true, webp: true, avif: true },
+    );
+    log(`input ${path.basename(input)} ${probe.width}x${probe.height} ${probe.format}; ${specs.length} outputs; ${runs} runs + 1 warm-up`);
+
+    let seq = 0;
+    const freshDir = async (label: string): Promise<string> => {
+      const dir = path.join(work, `${label}-${seq++}`);
+      await mkdir(dir, { recursive: true });
+      return dir;
+    };
+    const ours = async (engine: AvifEngine, label: string, only?: VariantSpec[], encoders?: Partial<EncoderSettings>) => {
+      const dir = await freshDir(label);
+      const started = performance.now();
+      const p = await probeImage(input);
+      const out = await renderVariants(input, p, only ?? specs, (rel) => path.join(dir, rel), {
+        avifEngine: engine,
+        ...(encoders ? { encoders } : {}),
+      });
+      return { ms: performance.now() - started, out, dir };
+    };
+
+    // --- full variant set: ours (each AVIF engine), clone() strategy, vips CLI --------------------
+    const pipelines: TimedConfig[] = [];
+    const lastOut: Record<string, { out: RenderedVariant[]; dir: string }> = {};
+    const time = async (name: string, once: () => Promise<number>, n = runs): Promise<TimedConfig> => {
+      await once(); // warm-up: library initialisation, page cache
+      const samples: number[] = [];
+      for (let i = 0; i < n; i++) samples.push(await once());
+      const cfg = { name, msPerImage: median(samples), runs: samples.map(Math.round) };
+      log(`${name.padEnd(48)} ${cfg.msPerImage.toFixed(0).padStart(6)} ms  (${cfg.runs.join(', ')})`);
+      return cfg;
+    };
+
+    pipelines.push(
+      await time('ours, decode once, AVIF via sharp', async () => {
+        const r = await ours('sharp', 'ours-sharp');
+        lastOut.sharp = r;
+        return r.ms;
+      }),
+    );
+    if (engines.ffmpeg) {
+      pipelines.push(
+        await time('ours, decode once, AVIF via ffmpeg/SVT-AV1', async () => {
+          const r = await ours('ffmpeg', 'ours-ffmpeg');
+          lastOut.ffmpeg = r;
+          return r.ms;
+        }),
+      );
+    }
+    configureMedia({ concurrency: defaultConcurrency });
+    pipelines.push(
+      await time(`ours, AVIF via sharp, sharp.concurrency(${defaultConcurrency}) (default)`, async () => {
+        return (await ours('sharp', 'ours-sharp-c1')).ms;
+      }),
+    );
+    configureMedia({ concurrency });
+    pipelines.push(
+      await time('sharp clone() per output (re-decodes the file)', async () => {
+        const dir = await freshDir('clone');
+        const started = performance.now();
+        await cloneStrategy(input, specs, dir);
+        return performance.now() - started;
+      }),
+    );
+    const vipsDirs: string[] = [];
+    const baseline = await time('vips CLI, one process per output (baseline)', async () => {
+      const dir = await freshDir('vips');
+      vipsDirs.push(dir);
+      // vips does not create directories
+      for (const spec of specs) await mkdir(path.dirname(path.join(dir, spec.relPath)), { recursive: true });
+      const started = performance.now();
+      for (const [cmd, args] of vipsCommands(input, specs, dir)) await run(cmd, args);
+      return performance.now() - started;
+    });
+    pipelines.push(baseline);
+    const vipsDir = vipsDirs.at(-1) ?? '';
+
+    // --- bytes per output and SSIM of the full-size formats ---------------------------------------
+    const bytes: Record<string, Record<string, number>> = {};
+    const addBytes = (col: string, out: RenderedVariant[]): void => {
+      for (const r of out) (bytes[r.spec.variantType] ??= {})[col] = r.bytes;
+    };
+    if (lastOut.sharp) addBytes('ours (sharp AVIF)', lastOut.sharp.out);
+    if (lastOut.ffmpeg) addBytes('ours (ffmpeg AVIF)', lastOut.ffmpeg.out);
+    for (const spec of specs) {
+      const buf = await readFile(path.join(vipsDir, spec.relPath)).catch(() => null);
+      if (buf) (bytes[spec.variantType] ??= {})['vips CLI'] = buf.length;
+    }
+
+    const reference1024 = await grey(input, 1024);
+    const ssimOf = async (file: string): Promise<number | null> => {
+      const img = await grey(file, 1024).catch(() => null);
+      return img ? ssim(reference1024, img) : null;
+    };
+    const fullFile = (dir: string, fmt: 'webp' | 'avif'): string => path.join(dir, `variants/${DATE_PATH}/${IMAGE_ID}.${fmt}`);
+    const ssimTable: VariantBenchResult['ssim'] = {};
+    for (const [col, dir] of [
+      ['ours (sharp AVIF)', lastOut.sharp?.dir],
+      ['ours (ffmpeg AVIF)', lastOut.ffmpeg?.dir],
+      ['vips CLI', vipsDir],
+    ] as const) {
+      if (!dir) continue;
+      ssimTable[col] = { webp: await ssimOf(fullFile(dir, 'webp')), avif: await ssimOf(fullFile(dir, 'avif')) };
+    }
+
+    // --- AVIF engines: the full-size AVIF alone -----------------------------------------------------
+    const fullAvif = specs.filter((s) => s.variantType === 'avif');
+    const referenceFull = await grey(input, null);
+    const candidates: { name: string; engine: AvifEngine; encoders?: Partial<EncoderSettings>; runs: number }[] = [
+      { name: `sharp q${ENCODER_SETTINGS.avifSharp.quality} effort ${ENCODER_SETTINGS.avifSharp.effort} 4:2:0 (default)`, engine: 'sharp', runs },
+      {
+        name: 'sharp q50 effort 0 4:2:0',
+        engine: 'sharp',
+        encoders: { avifSharp: { ...ENCODER_SETTINGS.avifSharp, effort: 0 } },
+        runs,
+      },
+      {
+        name: "sharp q50 effort 4 4:4:4 (sharp's defaults)",
+        engine: 'sharp',
+        encoders: { avifSharp: { quality: 50, effort: 4, chromaSubsampling: '4:4:4' } },
+        runs: 1,
+      },
+    ];
+    if (engines.ffmpeg) {
+      const svt = ENCODER_SETTINGS.avifSvt;
+      candidates.push(
+        { name: `ffmpeg SVT-AV1 preset ${svt.preset} crf ${svt.crf} (default for ffmpeg)`, engine: 'ffmpeg', runs },
+        { name: `ffmpeg SVT-AV1 preset ${svt.preset} crf 28`, engine: 'ffmpeg', encoders: { avifSvt: { ...svt, crf: 28 } }, runs },
+        { name: `ffmpeg SVT-AV1 preset 8 crf ${svt.crf}`, engine: 'ffmpeg', encoders: { avifSvt: { ...svt, preset: 8 } }, runs },
+      );
+    }
+    const avifEngines: VariantBenchResult['avifEngines'] = [];
+    for (const c of candidates) {
+      let last: Awaited<ReturnType<typeof ours>> | undefined;
+      const timed = await time(
+        `AVIF ${c.name}`,
+        async () => {
+          last = await ours(c.engine, 'avif', fullAvif, c.encoders);
+          return last.ms;
+        },
+        c.runs,
+      );
+      const file = last ? fullFile(last.dir, 'avif') : '';
+      const encodedBy = last?.out[0]?.encoder;
+      if (encodedBy !== c.engine) log(`  note: encoded by ${encodedBy ?? 'nothing'}`);
+      avifEngines.push({
+        name: c.name,
+        engine: c.engine,
+        msPerImage: timed.msPerImage,
+        bytes: last?.out[0]?.bytes ?? 0,
+        ssim1024: ssim(reference1024, await grey(file, 1024)),
+        ssimFull: ssim(referenceFull, await grey(file, null)),
+        runs: c.runs,
+      });
+    }
+
+    const peakRssMiB = process.resourceUsage().maxRSS / 1024;
+    const result: Omit<VariantBenchResult, 'markdown'> = {
+      input,
+      width: probe.width,
+      height: probe.height,
+      pipelines,
+      baselineMs: baseline.msPerImage,
+      bytes,
+      ssim: ssimTable,
+      avifEngines,
+      peakRssMiB,
+    };
+    const markdown = await renderMarkdown(result, { runs, concurrency, defaultConcurrency, specs });
+    log('');
+    log(markdown);
+    const resultsPath = opts.resultsPath === undefined ? path.join(HERE, 'RESULTS-variants.md') : opts.resultsPath;
+    if (resultsPath) {
+      await writeFile(resultsPath, markdown);
+      log(`written to ${path.relative(process.cwd(), resultsPath)}`);
+    }
+    return { ...result, markdown };
+  } finally {
+    configureMedia({ concurrency: defaultConcurrency });
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** The same outputs as our pipeline, made by the vips CLI: one process (and one decode) per output. */
+function vipsCommands(input: string, specs: VariantSpec[], dir: string): [string, string[]][] {
+  const sh = ENCODER_SETTINGS;
+  const av = sh.avifSharp;
+  // bitdepth 8: Debian's vips 8.14 defaults AVIF to 12 bit; subsample-mode on = 4:2:0 like ours
+  const avifOpts = `compression=av1,Q=${av.quality},effort=${av.effort},bitdepth=8,subsample-mode=${av.chromaSubsampling === '4:2:0' ? 'on' : 'off'},strip`;
+  const saveOpts: Record<string, string> = {
+    webp: `Q=${sh.webp.quality},effort=${sh.webp.effort},strip`,
+    avif: avifOpts,
+    jpeg: `Q=${sh.jpeg.quality},strip`,
+    png: `compression=${sh.png.compressionLevel},strip`,
+    gif: 'strip',
+  };
+  const cmds: [string, string[]][] = [];
+  for (const spec of specs) {
+    const out = path.join(dir, spec.relPath);
+    const target = `${out}[${saveOpts[spec.format] ?? ''}]`;
+    if (spec.maxWidth === null) {
+      cmds.push(['vips', ['copy', input, target]]);
+    } else {
+      cmds.push(['vipsthumbnail', [input, '--size', `${spec.maxWidth}x`, '-o', target]]);
+    }
+  }
+  return cmds;
+}
+
+/** The alternative decode strategy: one sharp pipeline per output via clone() of a file input. */
+async function cloneStrategy(input: string, specs: VariantSpec[], dir: string): Promise<void> {
+  const base = sharp(input, { failOn: 'error', sequentialRead: true }).autoOrient();
+  const sh = ENCODER_SETTINGS;
+  for (const spec of specs) {
+    let img = base.clone();
+    if (spec.maxWidth !== null) img = img.resize({ width: spec.maxWidth, withoutEnlargement: true });
+    switch (spec.format) {
+      case 'webp':
+        img = img.webp(sh.webp);
+        break;
+      case 'avif':
+        img = img.avif(sh.avifSharp);
+        break;
+      case 'jpeg':
+        img = img.jpeg(sh.jpeg);
+        break;
+      case 'png':
+        img = img.png(sh.png);
+        break;
+      case 'gif':
+        img = img.gif();
+        break;
+      default: {
+        const unreachable: never = spec.format;
+        throw new Error(String(unreachable));
+      }
+    }
+    const out = path.join(dir, spec.relPath);
+    await mkdir(path.dirname(out), { recursive: true });
+    await writeFile(out, await img.toBuffer());
+  }
+}
+
+interface Grey {
+  data: Uint8Array;
+  width: number;
+  height: number;
+}
+
+/** Greyscale pixels, optionally resized to a width (lanczos3), for SSIM. */
+async function grey(file: string, width: number | null): Promise<Grey> {
+  let img = sharp(file, { failOn: 'none' }).autoOrient();
+  if (width !== null) img = img.resize({ width });
+  const { data, info } = await img.greyscale().raw().toBuffer({ resolveWithObject: true });
+  return { data, width: info.width, height: info.height };
+}
+
+/**
+ * Mean SSIM (Wang et al. 2004) over every 8×8 window (stride 1), on 8-bit greyscale, with the
+ * standard constants C1 = (0.01·255)², C2 = (0.03·255)². Uniform windows, via summed-area tables.
+ */
+export function ssim(a: Grey, b: Grey, win = 8): number {
+  if (a.width !== b.width || a.height !== b.height) throw new Error(`SSIM: ${a.width}x${a.height} vs ${b.width}x${b.height}`);
+  const { width: w, height: h } = a;
+  const W = w + 1;
+  const sa = new Float64Array(W * (h + 1));
+  const sb = new Float64Array(W * (h + 1));
+  const saa = new Float64Array(W * (h + 1));
+  const sbb = new Float64Array(W * (h + 1));
+  const sab = new Float64Array(W * (h + 1));
+  for (let y = 0; y < h; y++) {
+    let ra = 0;
+    let rb = 0;
+    let raa = 0;
+    let rbb = 0;
+    let rab = 0;
+    for (let x = 0; x < w; x++) {
+      const va = a.data[y * w + x] ?? 0;
+      const vb = b.data[y * w + x] ?? 0;
+      ra += va;
+      rb += vb;
+      raa += va * va;
+      rbb += vb * vb;
+      rab += va * vb;
+      const i = (y + 1) * W + x + 1;
+      const up = y * W + x + 1;
+      sa[i] = (sa[up] ?? 0) + ra;
+      sb[i] = (sb[up] ?? 0) + rb;
+      saa[i] = (saa[up] ?? 0) + raa;
+      sbb[i] = (sbb[up] ?? 0) + rbb;
+      sab[i] = (sab[up] ?? 0) + rab;
+    }
+  }
+  const box = (s: Float64Array, x: number, y: number): number =>
+    (s[(y + win) * W + x + win] ?? 0) - (s[y * W + x + win] ?? 0) - (s[(y + win) * W + x] ?? 0) + (s[y * W + x] ?? 0);
+  const n = win * win;
+  const c1 = (0.01 * 255) ** 2;
+  const c2 = (0.03 * 255) ** 2;
+  let total = 0;
+  let count = 0;
+  for (let y = 0; y + win <= h; y++) {
+    for (let x = 0; x + win <= w; x++) {
+      const ma = box(sa, x, y) / n;
+      const mb = box(sb, x, y) / n;
+      const va = box(saa, x, y) / n - ma * ma;
+      const vb = box(sbb, x, y) / n - mb * mb;
+      const cov = box(sab, x, y) / n - ma * mb;
+      total += ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2));
+      count++;
+    }
+  }
+  return total / count;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((p, q) => p - q);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
+}
+
+async function versionOf(cmd: string, args: string[]): Promise<string> {
+  try {
+    const { stdout } = await run(cmd, args);
+    return stdout.split('\n')[0]?.trim() ?? '?';
+  } catch {
+    return 'not installed';
+  }
+}
+
+async function renderMarkdown(
+  r: Omit<VariantBenchResult, 'markdown'>,
+  ctx: { runs: number; concurrency: number; defaultConcurrency: number; specs: VariantSpec[] },
+): Promise<string> {
+  const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+  const ramGiB = (os.totalmem() / 1024 ** 3).toFixed(0);
+  const kb = (n: number | undefined): string => (n === undefined ? '–' : (n / 1024).toFixed(1));
+  const f3 = (n: number | null | undefined): string => (n === null || n === undefined ? '–' : n.toFixed(4));
+  const lines: string[] = [];
+  lines.push('## Variants: decode once, derive all');
+  lines.push('');
+  lines.push(
+    `Machine: ${os.availableParallelism()} cores (${cpu}), ${ramGiB} GiB RAM, ${os.platform()} ${os.release()}; Node ${process.version}; ` +
+      `sharp ${sharp.versions.sharp ?? '?'} with libvips ${sharp.versions.vips}; CLI: ${await versionOf('vips', ['--version'])}; ` +
+      `${(await versionOf('ffmpeg', ['-hide_banner', '-version'])).replace(/ Copyright.*/, '')}. Date: ${new Date().toISOString().slice(0, 10)}.`,
+  );
+  lines.push('');
+  lines.push(
+    `Input: \`${path.relative(ROOT, r.input)}\` (${r.width}×${r.height}, ${((r.width * r.height) / 1e6).toFixed(1)} MP). ` +
+      `Outputs (${ctx.specs.length}): ${ctx.specs.map((s) => s.variantType).join(', ')}. ` +
+      `Median of ${ctx.runs} runs after a warm-up; ours includes probe, decode, encode and the fsync'd atomic writes; ` +
+      `our runs use sharp.concurrency(${ctx.concurrency}) unless stated (the vips CLI uses all cores too).`,
+  );
+  lines.push('');
+  lines.push('Reproduce: `node --import tsx bench/variants.ts` (add `--runs N`, `--input file.jpg`, `--no-write`).');
+  lines.push('');
+  lines.push('### Full variant set, per image');
+  lines.push('');
+  lines.push('| pipeline | ms / image | ratio to vips CLI | runs (ms) |');
+  lines.push('| --- | ---: | ---: | --- |');
+  for (const p of r.pipelines) {
+    lines.push(`| ${p.name} | ${p.msPerImage.toFixed(0)} | ${(p.msPerImage / r.baselineMs).toFixed(2)}× | ${p.runs.join(', ')} |`);
+  }
+  lines.push('');
+  const cols = [...new Set(Object.values(r.bytes).flatMap((row) => Object.keys(row)))];
+  lines.push('### Bytes per output (KiB)');
+  lines.push('');
+  lines.push(`| output | ${cols.join(' | ')} |`);
+  lines.push(`| --- | ${cols.map(() => '---:').join(' | ')} |`);
+  for (const [type, row] of Object.entries(r.bytes)) lines.push(`| ${type} | ${cols.map((c) => kb(row[c])).join(' | ')} |`);
+  lines.push('');
+  lines.push('### SSIM vs the original (greyscale, both resized to 1024 wide, 8×8 windows)');
+  lines.push('');
+  lines.push('| pipeline | full-size WebP | full-size AVIF |');
+  lines.push('| --- | ---: | ---: |');
+  for (const [name, s] of Object.entries(r.ssim)) lines.push(`| ${name} | ${f3(s.webp)} | ${f3(s.avif)} |`);
+  lines.push('');
+  lines.push('### AVIF engines (full-size AVIF only)');
+  lines.push('');
+  lines.push('| engine / settings | ms / image | KiB | SSIM @1024 | SSIM full res | runs |');
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: |');
+  for (const e of r.avifEngines) {
+    lines.push(`| ${e.name} | ${e.msPerImage.toFixed(0)} | ${kb(e.bytes)} | ${f3(e.ssim1024)} | ${f3(e.ssimFull)} | ${e.runs} |`);
+  }
+  lines.push('');
+  lines.push(`Peak RSS of the benchmark process: ${r.peakRssMiB.toFixed(0)} MiB.`);
+  lines.push('');
+  return lines.join('\n');
+}
+
+function parseArgs(argv: string[]): VariantBenchOptions {
+  const opts: VariantBenchOptions = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--runs') opts.runs = Number(argv[++i]);
+    else if (arg === '--input') opts.input = argv[++i] ?? DEFAULT_INPUT;
+    else if (arg === '--concurrency') opts.concurrency = Number(argv[++i]);
+    else if (arg === '--no-write') opts.resultsPath = null;
+    else throw new Error(`unknown argument ${arg ?? ''}`);
+  }
+  return opts;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  await runVariantBench(parseArgs(process.argv.slice(2)));
+}

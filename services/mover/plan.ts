@@ -1,0 +1,116 @@
+// The pure decisions of a pool move: which way the files travel (local copy or push to the target node's
+// replicate endpoint), which files belong to an image, how an answer of the target is read, and how long
+// to wait before the next attempt. No I/O here; the worker (./worker.ts) is the shell around it.
+import type { MovedFile } from '../../streams/events/catalog.js';
+import type { Pool } from '../../shared/pools.js';
+
+/** Path of the replication endpoint on every storage node (see services/storage-node/replicate.ts). */
+export const REPLICATE_PATH = '/api/internal/replicate';
+const UPLOAD_PATH = /\/api\/internal\/upload\/?$/;
+
+/**
+ * The replicate URL of a pool's node, derived from its `upload_api_url` (same host, same prefix):
+ * `https://n2.example/api/internal/upload` → `https://n2.example/api/internal/replicate`.
+ * Null when the URL is missing, not http(s), or does not end in /api/internal/upload.
+ */
+export function replicateUrlFor(uploadApiUrl: string | null | undefined): string | null {
+  if (!uploadApiUrl) return null;
+  let u: URL;
+  try {
+    u = new URL(uploadApiUrl);
+  } catch {
+    return null;
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return null;
+  const m = UPLOAD_PATH.exec(u.pathname);
+  if (!m) return null;
+  u.pathname = u.pathname.slice(0, m.index) + REPLICATE_PATH;
+  u.search = '';
+  u.hash = '';
+  return u.toString();
+}
+
+export type MoveRoute =
+  | { ok: true; mode: 'local'; source: Pool; target: Pool; sourceBase: string; targetBase: string }
+  | { ok: true; mode: 'remote'; source: Pool; target: Pool; sourceBase: string; url: string }
+  | { ok: false; reason: string };
+
+/**
+ * How the files of a move travel, decided on the node `nodeId` that runs the mover for the source pool.
+ * Every refusal here is permanent (retrying cannot fix configuration): the move fails with the reason.
+ */
+export function planMoveRoute(from: Pool | undefined, to: Pool | undefined, nodeId: string): MoveRoute {
+  if (!from) return { ok: false, reason: 'source pool is unknown' };
+  if (!to) return { ok: false, reason: 'target pool is unknown' };
+  if (from.id === to.id) return { ok: false, reason: 'source and target are the same pool' };
+  // TODO(s3 moves): S3 pools need their own copy path (multipart upload/download); refused until then.
+  if (from.storage_type === 's3' || to.storage_type === 's3')
+    return { ok: false, reason: 'moves to or from S3 pools are not supported yet' };
+  if (from.node_id !== nodeId)
+    return { ok: false, reason: `source pool belongs to node ${from.node_id}, not to ${nodeId}` };
+  if (!from.base_path) return { ok: false, reason: 'source pool has no base_path' };
+  if (!to.is_active) return { ok: false, reason: `target pool ${to.name} is inactive` };
+  if (to.node_id === nodeId) {
+    if (!to.base_path) return { ok: false, reason: 'target pool has no base_path' };
+    return {
+      ok: true,
+      mode: 'local',
+      source: from,
+      target: to,
+      sourceBase: from.base_path,
+      targetBase: to.base_path,
+    };
+  }
+  const url = replicateUrlFor(to.upload_api_url);
+  if (!url)
+    return {
+      ok: false,
+      reason: `target pool ${to.name} has no upload_api_url ending in /api/internal/upload to replicate to`,
+    };
+  return { ok: true, mode: 'remote', source: from, target: to, sourceBase: from.base_path, url };
+}
+
+export interface ImageFilesRow {
+  stored_path: string;
+  size: number;
+  sha256: string;
+}
+export interface VariantFilesRow {
+  path: string;
+  bytes: number;
+  sha256: string;
+}
+
+/**
+ * Every file of an image as the read models record it: the original first, then each variant row. One
+ * entry per row (not per distinct path), so the list matches what the projections charged the pool.
+ */
+export function filesOf(image: ImageFilesRow, variants: readonly VariantFilesRow[]): MovedFile[] {
+  return [
+    { path: image.stored_path, size: Number(image.size), sha256: image.sha256 },
+    ...variants.map((v) => ({ path: v.path, size: Number(v.bytes), sha256: v.sha256 })),
+  ];
+}
+
+export function totalBytes(files: readonly MovedFile[]): number {
+  return files.reduce((sum, f) => sum + f.size, 0);
+}
+
+export type PushVerdict = 'ok' | 'transient' | 'permanent';
+
+/**
+ * How the mover reads the replicate endpoint's status: 201 stored and 200 skipped are success; a timeout,
+ * a rate limit or a server error may pass; any other answer (bad path, wrong secret, unknown or inactive
+ * pool, different file already there, checksum mismatch, too large) will not change by retrying.
+ */
+export function classifyReplicateStatus(status: number): PushVerdict {
+  if (status === 200 || status === 201) return 'ok';
+  if (status === 408 || status === 425 || status === 429 || status >= 500) return 'transient';
+  return 'permanent';
+}
+
+/** 2 s, 4 s, 8 s … capped at a minute: the mover consumer allows 10 deliveries (~5 minutes in all). */
+export function moveRetryDelayMs(deliveryCount: number): number {
+  const n = Math.max(1, Math.floor(deliveryCount));
+  return Math.min(60_000, 2_000 * 2 ** (n - 1));
+}

@@ -1,0 +1,28 @@
+// Operator actions on images, shared by the CLI and the admin API.
+import type { Sql } from '../../shared/db.js';
+import type { Publisher } from '../../shared/publish.js';
+import { makeEvent } from '../../streams/events/codec.js';
+
+export async function requestReprocess(
+  sql: Sql,
+  pub: Publisher,
+  target: { imageId?: string; failed?: boolean },
+  by: string,
+): Promise<string[]> {
+  const rows = target.failed
+    ? await sql<{ id: string; node_id: string; storage_pool_id: string }[]>`
+        select id, node_id, storage_pool_id from images where status = 'failed' and deleted_at is null order by created_at`
+    : await sql<{ id: string; node_id: string; storage_pool_id: string }[]>`
+        select id, node_id, storage_pool_id from images where id = ${target.imageId ?? ''} and deleted_at is null`;
+  for (const r of rows) {
+    await pub.publish(
+      makeEvent('ImageReprocessRequested', {
+        image_id: r.id,
+        node_id: r.node_id,
+        pool_id: r.storage_pool_id,
+        data: { requested_by: by },
+      }),
+    );
+  }
+  return rows.map((r) => r.id);
+}

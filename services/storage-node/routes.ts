@@ -1,0 +1,47 @@
+// Storage-node routes: direct upload, its health probe and CORS preflight, and file serving.
+import multipart from '@fastify/multipart';
+import type { Pool } from '../../shared/pools.js';
+import type { App } from '../http/app.js';
+import type { Ctx } from '../context.js';
+import { serveUpload } from './serve.js';
+import { handleUpload } from './upload.js';
+
+const CORS = {
+  'access-control-allow-origin': '*',
+  'access-control-allow-methods': 'POST, HEAD, OPTIONS',
+  'access-control-allow-headers': 'authorization, content-type, x-request-id',
+  'access-control-expose-headers':
+    'x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, retry-after, x-request-id',
+  'access-control-max-age': '600',
+};
+
+export async function storageNodeRoutes(app: App, ctx: Ctx, pools: () => Pool[]) {
+  await app.register(multipart, { throwFileSizeLimit: false });
+  const byId = () => new Map(pools().map((p) => [p.id, p]));
+
+  app.addHook('onSend', async (req, reply) => {
+    if (req.url.startsWith('/api/internal/upload')) void reply.headers(CORS);
+  });
+
+  app.head('/api/internal/upload', { schema: { hide: true } }, async (_req, reply) =>
+    reply.status(204).send(),
+  );
+  app.options('/api/internal/upload', { schema: { hide: true } }, async (_req, reply) =>
+    reply.status(204).send(),
+  );
+  app.post(
+    '/api/internal/upload',
+    {
+      schema: {
+        tags: ['storage node'],
+        summary: 'Direct upload (multipart, field "file")',
+        consumes: ['multipart/form-data'],
+      },
+    },
+    (req, reply) => handleUpload(ctx, { byId }, req, reply),
+  );
+  const serve = (req: Parameters<typeof serveUpload>[1], reply: Parameters<typeof serveUpload>[2]) =>
+    serveUpload(pools(), req, reply);
+  // fastify adds the HEAD route itself; serveUpload answers HEAD without a body.
+  app.get('/uploads/*', { schema: { hide: true } }, serve);
+}

@@ -1,0 +1,699 @@
+// The media module: the only place that decodes and encodes pixels (sharp, and ffmpeg as a child
+// process). Everything else in the variants service decides *what* to make (plan.ts); this makes it.
+//
+// Decode once, derive all: the original is decoded a single time (EXIF auto-rotated, converted to
+// sRGB, 8 bit) into a raw pixel buffer, and every variant is derived from that buffer. When no
+// full-size output is wanted the decode itself is shrunk (JPEG/WebP shrink-on-load) to the largest
+// thumbnail width. Measured in bench/variants.ts against sharp's clone(), which re-decodes the file
+// per output: see bench/RESULTS-variants.md.
+//
+// Colour: every variant is untagged sRGB. The decode converts any embedded ICC profile to sRGB
+// (sharp's default), and no profile is attached on output: an untagged image is sRGB to every
+// browser, and attaching the sRGB profile (withIccProfile('srgb')) would add ~500 bytes to each
+// file (a 200 px WebP is often only a few KB) plus a colour transform per output. keepIccProfile()
+// cannot apply to a raw buffer and would leave wide-gamut files unconverted. Trade-off: wide-gamut
+// (Display P3) colours are clipped to sRGB. All metadata (EXIF, GPS, XMP, IPTC) is dropped, because
+// a raw buffer carries none.
+//
+// BMP: sharp/libvips cannot read BMP, so ffmpeg decodes it to raw RGBA (`-f rawvideo -pix_fmt rgba`),
+// which sharp takes as raw input. ffmpeg's BMP decoder covers every variant (1/4/8-bit palette,
+// RLE4/RLE8, 16/24/32-bit, bitfields, top-down); dimensions come from our own header parser so the
+// pixel limit is enforced before anything is decoded.
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import sharp from 'sharp';
+import type { Metadata, Sharp, SharpOptions } from 'sharp';
+import { outputSize } from './plan.js';
+import type { OutputFormat, SourceFormat, VariantSpec } from './plan.js';
+
+// Each image is different, so libvips' operation cache would only pin memory (up to 50 MB by default).
+sharp.cache(false);
+
+export type AvifEngine = 'sharp' | 'ffmpeg';
+
+/** sharp's own default (0x3FFF × 0x3FFF); callers normally pass the configured limit. */
+export const DEFAULT_PIXEL_LIMIT = 268_402_689;
+/** Per-operation timeout: a pathological file must fail, never hang a worker slot. */
+export const DEFAULT_TIMEOUT_SECONDS = 120;
+
+export interface EncoderSettings {
+  webp: { quality: number; effort: number };
+  jpeg: { quality: number };
+  png: { compressionLevel: number };
+  avifSharp: { quality: number; effort: number; chromaSubsampling: '4:2:0' | '4:4:4' };
+  avifSvt: { preset: number; crf: number };
+}
+
+/** Encoder settings. Chosen with bench/variants.ts (SSIM vs the original ≥ 0.95 at the lowest cost). */
+export const ENCODER_SETTINGS: Readonly<EncoderSettings> = Object.freeze<EncoderSettings>({
+  /** WebP quality 85 for full size and thumbnails (the issue's number); effort 4 = libwebp's default. */
+  webp: { quality: 85, effort: 4 },
+  /** JPEG thumbnails of JPEG originals. */
+  jpeg: { quality: 90 },
+  /** PNG thumbnails of PNG and BMP originals: zlib level 6, libpng's default speed/size balance. */
+  png: { compressionLevel: 6 },
+  /** sharp (libheif + aom): effort 2 costs a fraction of the default 4 for a few % more bytes;
+   * 4:2:0 halves chroma like the WebP and JPEG outputs do (sharp's AVIF default is 4:4:4). */
+  avifSharp: { quality: 50, effort: 2, chromaSubsampling: '4:2:0' },
+  /** ffmpeg + SVT-AV1: preset 10 is SVT's fast still-image end; crf picked for SSIM parity with sharp. */
+  avifSvt: { preset: 10, crf: 32 },
+});
+
+/** Default AVIF engine, chosen from the benchmark (see bench/RESULTS-variants.md). */
+export const DEFAULT_AVIF_ENGINE: AvifEngine = 'sharp';
+
+export interface ProbeResult {
+  format: SourceFormat;
+  /** width and height AFTER EXIF auto-rotation (per frame for animations) */
+  width: number;
+  height: number;
+  orientation: number | null;
+  /** frames: > 1 for animated GIF/WebP; probeImage always fills it, absent means 1 */
+  pages?: number;
+  hasAlpha?: boolean;
+}
+
+export interface RenderedVariant {
+  spec: VariantSpec;
+  width: number;
+  height: number;
+  bytes: number;
+  sha256: string;
+  /** who encoded it: AVIF may fall back from ffmpeg to sharp (odd or < 64 px sizes, alpha) */
+  encoder: 'sharp' | 'ffmpeg';
+}
+
+export interface RenderOptions {
+  avifEngine: AvifEngine;
+  pixelLimit?: number;
+  timeoutSeconds?: number;
+  /** called after each written variant, so the caller can send JetStream in-progress acks */
+  onProgress?: () => void;
+  /** tuning and benchmarks only: overrides ENCODER_SETTINGS per format */
+  encoders?: Partial<EncoderSettings>;
+}
+
+export interface MediaConfig {
+  /** libvips threads per operation. sharp picks 1 on glibc without jemalloc to limit memory
+   * fragmentation; a worker that processes one image at a time may use the core count. */
+  concurrency?: number;
+  ffmpegPath?: string;
+}
+
+let ffmpegPath = 'ffmpeg';
+
+/** Process-wide settings, applied once at start-up by the worker. */
+export function configureMedia(config: MediaConfig): void {
+  if (config.concurrency !== undefined) sharp.concurrency(config.concurrency);
+  if (config.ffmpegPath !== undefined) {
+    ffmpegPath = config.ffmpegPath;
+    enginesPromise = undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probe
+
+/** Reads the header only: format, oriented dimensions, frames. Rejects unsupported or too large files. */
+export async function probeImage(absPath: string, opts: { pixelLimit?: number } = {}): Promise<ProbeResult> {
+  const limit = opts.pixelLimit ?? DEFAULT_PIXEL_LIMIT;
+  const head = await readHead(absPath, 64);
+  if (head.length >= 2 && head[0] === 0x42 && head[1] === 0x4d) {
+    const bmp = parseBmpHeader(head);
+    checkPixelLimit(bmp.width, bmp.height, 1, limit);
+    return {
+      format: 'bmp',
+      width: bmp.width,
+      height: bmp.height,
+      orientation: null,
+      pages: 1,
+      hasAlpha: bmp.bitsPerPixel === 32,
+    };
+  }
+  let meta: Metadata;
+  try {
+    meta = await sharp(absPath, { limitInputPixels: limit }).metadata();
+  } catch (err) {
+    throw new Error(`unreadable image: ${messageOf(err)}`, { cause: err });
+  }
+  const format = sourceFormatOf(meta);
+  const pages = format === 'gif' || format === 'webp' ? Math.max(1, meta.pages ?? 1) : 1;
+  const pageHeight = pages > 1 ? (meta.pageHeight ?? meta.height) : meta.height;
+  const oriented = pages > 1 ? { width: meta.width, height: pageHeight } : meta.autoOrient;
+  if (!(oriented.width > 0 && oriented.height > 0)) throw new Error('unreadable image: no dimensions');
+  checkPixelLimit(oriented.width, oriented.height, 1, limit);
+  return {
+    format,
+    width: oriented.width,
+    height: oriented.height,
+    orientation: meta.orientation ?? null,
+    pages,
+    hasAlpha: meta.hasAlpha,
+  };
+}
+
+function sourceFormatOf(meta: Metadata): SourceFormat {
+  switch (meta.format) {
+    case 'jpeg':
+    case 'png':
+    case 'gif':
+    case 'webp':
+      return meta.format;
+    case 'heif':
+      if (meta.compression === 'av1') return 'avif';
+      throw new Error(`unsupported image format: HEIF with ${meta.compression ?? 'unknown'} compression`);
+    default:
+      throw new Error(`unsupported image format: ${meta.format}`);
+  }
+}
+
+function checkPixelLimit(width: number, height: number, pages: number, limit: number): void {
+  if (limit > 0 && width * height * pages > limit) {
+    throw new Error(
+      `image too large: ${width}x${height}${pages > 1 ? `x${pages} frames` : ''} exceeds the pixel limit of ${limit}`,
+    );
+  }
+}
+
+export interface BmpHeader {
+  width: number;
+  height: number;
+  bitsPerPixel: number;
+  compression: number;
+  topDown: boolean;
+}
+
+/** Parses a BMP file header (BITMAPCOREHEADER or BITMAPINFOHEADER and its successors). Pure. */
+export function parseBmpHeader(head: Uint8Array): BmpHeader {
+  const buf = Buffer.from(head.buffer, head.byteOffset, head.byteLength);
+  if (buf.length < 26 || buf.toString('latin1', 0, 2) !== 'BM') throw new Error('invalid BMP: bad signature');
+  const dibSize = buf.readUInt32LE(14);
+  let width: number;
+  let rawHeight: number;
+  let bitsPerPixel: number;
+  let compression = 0;
+  if (dibSize === 12) {
+    width = buf.readUInt16LE(18);
+    rawHeight = buf.readUInt16LE(20);
+    bitsPerPixel = buf.readUInt16LE(24);
+  } else if (dibSize >= 40 && buf.length >= 34) {
+    width = buf.readInt32LE(18);
+    rawHeight = buf.readInt32LE(22);
+    bitsPerPixel = buf.readUInt16LE(28);
+    compression = buf.readUInt32LE(30);
+  } else {
+    throw new Error(`invalid BMP: unsupported header size ${dibSize}`);
+  }
+  const height = Math.abs(rawHeight);
+  if (!(width > 0 && height > 0)) throw new Error(`invalid BMP: dimensions ${width}x${rawHeight}`);
+  if (![1, 4, 8, 16, 24, 32].includes(bitsPerPixel))
+    throw new Error(`invalid BMP: ${bitsPerPixel} bits per pixel`);
+  return { width, height, bitsPerPixel, compression, topDown: rawHeight < 0 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Render
+
+/** Decoded pixels: `pages` frames of width × height stacked vertically, sRGB, 8 bit. */
+interface Frames {
+  data: Buffer;
+  width: number;
+  height: number;
+  pages: number;
+  channels: 3 | 4;
+  /** 4 channels but every alpha is 255: alpha is dropped on output */
+  opaque: boolean;
+  delay?: number[];
+  loop?: number;
+}
+
+/**
+ * Renders every spec from one decode of `absSrc` and writes each file atomically (temp file in the
+ * target directory, fsync, rename). Resolves with what was written, in spec order. Rejects with a
+ * readable Error for corrupt or unsupported input; no partial or temp file is left behind.
+ */
+export async function renderVariants(
+  absSrc: string,
+  probe: ProbeResult,
+  specs: VariantSpec[],
+  toAbs: (relPath: string) => string,
+  opts: RenderOptions,
+): Promise<RenderedVariant[]> {
+  if (specs.length === 0) return [];
+  const ctx: Ctx = {
+    enc: { ...ENCODER_SETTINGS, ...opts.encoders },
+    limit: opts.pixelLimit ?? DEFAULT_PIXEL_LIMIT,
+    timeoutSeconds: opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS,
+    ffmpegAvif:
+      opts.avifEngine === 'ffmpeg' && specs.some((s) => s.format === 'avif') && (await ffmpegAvifUsable()),
+  };
+  const source = await decodeOnce(absSrc, probe, specs, ctx);
+  const results: RenderedVariant[] = [];
+  for (const spec of specs) {
+    results.push(await renderOne(source, spec, toAbs(spec.relPath), ctx));
+    opts.onProgress?.();
+  }
+  return results;
+}
+
+interface Ctx {
+  enc: EncoderSettings;
+  limit: number;
+  timeoutSeconds: number;
+  ffmpegAvif: boolean;
+}
+
+async function decodeOnce(
+  absSrc: string,
+  probe: ProbeResult,
+  specs: VariantSpec[],
+  ctx: Ctx,
+): Promise<Frames> {
+  const needFull = specs.some((s) => s.maxWidth === null);
+  const largestThumb = Math.max(0, ...specs.map((s) => s.maxWidth ?? 0));
+  // shrink-on-load: with no full-size output, decode straight to the largest thumbnail width
+  const decodeWidth = needFull ? null : largestThumb;
+  const pages = probe.pages ?? 1;
+  const wantsAnimation =
+    pages > 1 && specs.some((s) => s.format === 'gif' || (s.format === 'webp' && s.maxWidth !== null));
+  try {
+    if (probe.format === 'bmp') return await decodeBmp(absSrc, probe, decodeWidth, ctx);
+    if (wantsAnimation && probe.width * probe.height * pages <= ctx.limit) {
+      return await decodeAnimated(absSrc, probe, decodeWidth, ctx);
+    }
+    return await decodeStill(absSrc, decodeWidth, ctx);
+  } catch (err) {
+    throw new Error(`cannot decode ${probe.format} image: ${messageOf(err)}`, { cause: err });
+  }
+}
+
+function inputOptions(ctx: Ctx): SharpOptions {
+  // failOn 'error': reject corrupt pixel data, tolerate benign warnings (e.g. extraneous bytes)
+  // that many real camera files carry.
+  return { failOn: 'error', limitInputPixels: ctx.limit, sequentialRead: true };
+}
+
+async function decodeStill(absSrc: string, decodeWidth: number | null, ctx: Ctx): Promise<Frames> {
+  let img = sharp(absSrc, { ...inputOptions(ctx), pages: 1 }).autoOrient();
+  if (decodeWidth !== null) img = img.resize({ width: decodeWidth, withoutEnlargement: true });
+  return toFrames(img, ctx, 1);
+}
+
+async function decodeAnimated(
+  absSrc: string,
+  probe: ProbeResult,
+  decodeWidth: number | null,
+  ctx: Ctx,
+): Promise<Frames> {
+  // EXIF orientation is not applied to animations (GIF has none; animated WebP with it is rare).
+  let img = sharp(absSrc, { ...inputOptions(ctx), animated: true });
+  if (decodeWidth !== null && probe.width > decodeWidth) img = img.resize({ width: decodeWidth });
+  const meta = await sharp(absSrc, { ...inputOptions(ctx), animated: true }).metadata();
+  const frames = await toFrames(img, ctx, probe.pages ?? 1);
+  return {
+    ...frames,
+    ...(meta.delay ? { delay: meta.delay } : {}),
+    ...(meta.loop !== undefined ? { loop: meta.loop } : {}),
+  };
+}
+
+async function toFrames(img: Sharp, ctx: Ctx, pages: number): Promise<Frames> {
+  const { data, info } = await img
+    .toColourspace('srgb')
+    .timeout({ seconds: ctx.timeoutSeconds })
+    .raw({ depth: 'uchar' })
+    .toBuffer({ resolveWithObject: true });
+  if (info.channels !== 3 && info.channels !== 4)
+    throw new Error(`unexpected ${info.channels} channels after decode`);
+  const realPages = info.pages ?? pages;
+  const height = Math.round(info.height / realPages);
+  return {
+    data,
+    width: info.width,
+    height,
+    pages: realPages,
+    channels: info.channels,
+    opaque: info.channels === 4 && isOpaque(data),
+  };
+}
+
+async function decodeBmp(
+  absSrc: string,
+  probe: ProbeResult,
+  decodeWidth: number | null,
+  ctx: Ctx,
+): Promise<Frames> {
+  const expected = probe.width * probe.height * 4;
+  const res = await runProcess(
+    ffmpegPath,
+    [
+      '-hide_banner',
+      '-loglevel',
+      'error',
+      '-nostdin',
+      '-i',
+      absSrc,
+      '-frames:v',
+      '1',
+      '-f',
+      'rawvideo',
+      '-pix_fmt',
+      'rgba',
+      'pipe:1',
+    ],
+    { timeoutMs: ctx.timeoutSeconds * 1000, maxStdout: expected },
+  ).catch((err: unknown) => {
+    if (isErrnoException(err) && err.code === 'ENOENT')
+      throw new Error('BMP decoding needs ffmpeg, which was not found');
+    throw err;
+  });
+  if (res.code !== 0 || res.stdout.length !== expected) {
+    throw new Error(`ffmpeg could not decode the BMP${res.stderr ? `: ${res.stderr.trim()}` : ''}`);
+  }
+  const full: Frames = {
+    data: res.stdout,
+    width: probe.width,
+    height: probe.height,
+    pages: 1,
+    channels: 4,
+    opaque: isOpaque(res.stdout),
+  };
+  if (decodeWidth === null || probe.width <= decodeWidth) return full;
+  return resizeFrames(full, outputSize(decodeWidth, full.width, full.height), ctx);
+}
+
+function isOpaque(rgba: Buffer): boolean {
+  for (let i = 3; i < rgba.length; i += 4) if (rgba[i] !== 255) return false;
+  return true;
+}
+
+/** Resizes every frame to exactly `size` (sharp cannot resize raw multi-page input as pages). */
+async function resizeFrames(src: Frames, size: { width: number; height: number }, ctx: Ctx): Promise<Frames> {
+  const frameBytes = src.width * src.height * src.channels;
+  const out: Buffer[] = [];
+  for (let p = 0; p < src.pages; p++) {
+    const frame = src.data.subarray(p * frameBytes, (p + 1) * frameBytes);
+    out.push(
+      await sharp(frame, {
+        raw: { width: src.width, height: src.height, channels: src.channels },
+        limitInputPixels: false,
+      })
+        .resize(size.width, size.height, { fit: 'fill' })
+        .timeout({ seconds: ctx.timeoutSeconds })
+        .raw()
+        .toBuffer(),
+    );
+  }
+  return {
+    ...src,
+    data: out.length === 1 && out[0] ? out[0] : Buffer.concat(out),
+    width: size.width,
+    height: size.height,
+  };
+}
+
+function firstFrame(src: Frames): Frames {
+  if (src.pages === 1) return src;
+  const { delay: _delay, loop: _loop, ...rest } = src;
+  return { ...rest, data: src.data.subarray(0, src.width * src.height * src.channels), pages: 1 };
+}
+
+async function renderOne(
+  source: Frames,
+  spec: VariantSpec,
+  absPath: string,
+  ctx: Ctx,
+): Promise<RenderedVariant> {
+  const animated =
+    source.pages > 1 && (spec.format === 'gif' || spec.format === 'webp') && spec.maxWidth !== null;
+  const base = animated ? source : firstFrame(source);
+  const size = outputSize(spec.maxWidth, base.width, base.height);
+  const frames =
+    size.width === base.width && size.height === base.height ? base : await resizeFrames(base, size, ctx);
+
+  let encoder: RenderedVariant['encoder'] = 'sharp';
+  let data: Buffer;
+  if (spec.format === 'avif' && ctx.ffmpegAvif && svtAccepts(frames)) {
+    encoder = 'ffmpeg';
+    data = await writeAtomic(absPath, (tmp) => encodeAvifFfmpeg(frames, tmp, ctx));
+  } else {
+    const encoded = await encodeWithSharp(frames, spec.format, ctx);
+    data = await writeAtomic(absPath, async (tmp) => {
+      await writeAndSync(tmp, encoded);
+      return encoded;
+    });
+  }
+  return {
+    spec,
+    width: frames.width,
+    height: frames.height,
+    bytes: data.length,
+    sha256: createHash('sha256').update(data).digest('hex'),
+    encoder,
+  };
+}
+
+function sharpFrom(frames: Frames, ctx: Ctx): Sharp {
+  let img = sharp(frames.data, {
+    raw: {
+      width: frames.width,
+      height: frames.height * frames.pages,
+      channels: frames.channels,
+      ...(frames.pages > 1 ? { pageHeight: frames.height } : {}),
+    },
+    limitInputPixels: false, // already checked against the limit when the original was decoded
+  }).timeout({ seconds: ctx.timeoutSeconds });
+  if (frames.channels === 4 && frames.opaque) img = img.removeAlpha();
+  return img;
+}
+
+async function encodeWithSharp(frames: Frames, format: OutputFormat, ctx: Ctx): Promise<Buffer> {
+  const img = sharpFrom(frames, ctx);
+  const anim =
+    frames.pages > 1 ? { loop: frames.loop ?? 0, ...(frames.delay ? { delay: frames.delay } : {}) } : {};
+  switch (format) {
+    case 'jpeg':
+      return img.flatten({ background: '#ffffff' }).jpeg(ctx.enc.jpeg).toBuffer();
+    case 'png':
+      return img.png(ctx.enc.png).toBuffer();
+    case 'webp':
+      return img.webp({ ...ctx.enc.webp, ...anim }).toBuffer();
+    case 'gif':
+      return img.gif(anim).toBuffer();
+    case 'avif':
+      return img.avif(ctx.enc.avifSharp).toBuffer();
+    default: {
+      const unreachable: never = format;
+      throw new Error(`unknown output format ${String(unreachable)}`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVIF via ffmpeg + SVT-AV1
+
+/** SVT-AV1 1.4 refuses frames under 64 px or with odd sizes (4:2:0), and the ffmpeg 5.1 AVIF muxer
+ * writes no alpha plane; those outputs go to sharp instead. */
+function svtAccepts(frames: Frames): boolean {
+  const alpha = frames.channels === 4 && !frames.opaque;
+  return (
+    !alpha && frames.width >= 64 && frames.height >= 64 && frames.width % 2 === 0 && frames.height % 2 === 0
+  );
+}
+
+async function encodeAvifFfmpeg(frames: Frames, tmpPath: string, ctx: Ctx): Promise<Buffer> {
+  const pixels = frames.channels === 4 ? await sharpFrom(frames, ctx).raw().toBuffer() : frames.data;
+  const { preset, crf } = ctx.enc.avifSvt;
+  // sRGB pixels → BT.709 full-range YUV 4:2:0, tagged so decoders convert back exactly.
+  // The AVIF muxer must seek, so it writes to a file (a pipe fails, and SVT then hangs on exit).
+  const args = [
+    ...['-hide_banner', '-loglevel', 'error'],
+    ...['-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', `${frames.width}x${frames.height}`, '-i', 'pipe:0'],
+    ...['-frames:v', '1', '-vf', 'scale=out_color_matrix=bt709:out_range=pc', '-pix_fmt', 'yuv420p'],
+    ...['-c:v', 'libsvtav1', '-preset', String(preset), '-crf', String(crf)],
+    ...[
+      '-colorspace',
+      'bt709',
+      '-color_primaries',
+      'bt709',
+      '-color_trc',
+      'iec61966-2-1',
+      '-color_range',
+      'pc',
+    ],
+    ...['-f', 'avif', '-y', tmpPath],
+  ];
+  const res = await runProcess(ffmpegPath, args, {
+    stdin: pixels,
+    timeoutMs: ctx.timeoutSeconds * 1000,
+    maxStdout: 0,
+  });
+  if (res.code !== 0) throw new Error(`ffmpeg AVIF encode failed (exit ${res.code}): ${res.stderr.trim()}`);
+  const fh = await open(tmpPath, 'r+');
+  try {
+    await fh.sync();
+    return await fh.readFile();
+  } finally {
+    await fh.close();
+  }
+}
+
+let enginesPromise: Promise<{ sharp: true; ffmpeg: boolean }> | undefined;
+let fallbackWarned = false;
+
+/** Which AVIF engines work here. ffmpeg needs the libsvtav1 encoder and the avif muxer. Memoised. */
+export function detectAvifEngines(): Promise<{ sharp: true; ffmpeg: boolean }> {
+  enginesPromise ??= (async () => {
+    try {
+      const [encoders, muxers] = await Promise.all([
+        runProcess(ffmpegPath, ['-hide_banner', '-encoders'], { timeoutMs: 10_000, maxStdout: 1 << 20 }),
+        runProcess(ffmpegPath, ['-hide_banner', '-muxers'], { timeoutMs: 10_000, maxStdout: 1 << 20 }),
+      ]);
+      const ok =
+        /^\s*V\S*\s+libsvtav1\s/m.test(encoders.stdout.toString()) &&
+        /^\s*E\s+avif\s/m.test(muxers.stdout.toString());
+      return { sharp: true as const, ffmpeg: ok };
+    } catch {
+      return { sharp: true as const, ffmpeg: false };
+    }
+  })();
+  return enginesPromise;
+}
+
+async function ffmpegAvifUsable(): Promise<boolean> {
+  const { ffmpeg } = await detectAvifEngines();
+  if (!ffmpeg && !fallbackWarned) {
+    fallbackWarned = true;
+    process.emitWarning(
+      'ffmpeg with libsvtav1 and the avif muxer not found: AVIF variants are encoded with sharp',
+      {
+        code: 'PIXELFOX_AVIF_FALLBACK',
+      },
+    );
+  }
+  return ffmpeg;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files and processes
+
+/** Writes via a temp file in the target directory, then renames: a reader (or a crash) never sees a
+ * half-written variant under its final name. The directory is fsynced so the rename survives a crash. */
+async function writeAtomic(absPath: string, produce: (tmpPath: string) => Promise<Buffer>): Promise<Buffer> {
+  const dir = path.dirname(absPath);
+  await mkdir(dir, { recursive: true });
+  const tmp = path.join(dir, `.${path.basename(absPath)}.${randomBytes(6).toString('hex')}.tmp`);
+  let data: Buffer;
+  try {
+    data = await produce(tmp);
+    await rename(tmp, absPath);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+  await fsyncDir(dir);
+  return data;
+}
+
+async function writeAndSync(file: string, data: Buffer): Promise<void> {
+  const fh = await open(file, 'wx', 0o644);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  try {
+    const fh = await open(dir, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    // some filesystems refuse fsync on a directory; the rename itself is still atomic
+  }
+}
+
+async function readHead(absPath: string, bytes: number): Promise<Buffer> {
+  const fh = await open(absPath, 'r');
+  try {
+    const buf = Buffer.alloc(bytes);
+    const { bytesRead } = await fh.read(buf, 0, bytes, 0);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+interface ProcessResult {
+  code: number | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/** Runs a child process with a hard timeout (SIGKILL: SVT-AV1 can ignore SIGTERM when wedged). */
+function runProcess(
+  cmd: string,
+  args: string[],
+  opts: { stdin?: Buffer; timeoutMs: number; maxStdout: number },
+): Promise<ProcessResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let outBytes = 0;
+    let stderr = '';
+    let failure: Error | undefined;
+    const timer = setTimeout(() => {
+      failure = new Error(`${path.basename(cmd)} timed out after ${opts.timeoutMs} ms`);
+      child.kill('SIGKILL');
+    }, opts.timeoutMs);
+    child.stdout?.on('data', (chunk: Buffer) => {
+      outBytes += chunk.length;
+      if (outBytes > opts.maxStdout) {
+        failure ??= new Error(`${path.basename(cmd)} produced more output than expected`);
+        child.kill('SIGKILL');
+        return;
+      }
+      out.push(chunk);
+    });
+    child.stderr?.on('data', (chunk: Buffer) => {
+      stderr = (stderr + chunk.toString()).slice(-4000);
+    });
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (failure) reject(failure);
+      else resolve({ code, stdout: Buffer.concat(out), stderr: stripSvtBanner(stderr) });
+    });
+    if (opts.stdin && child.stdin) {
+      child.stdin.on('error', () => undefined); // EPIPE when the child exits early; 'close' reports it
+      child.stdin.end(opts.stdin);
+    }
+  });
+}
+
+/** SVT-AV1 prints its banner to stderr regardless of -loglevel. */
+function stripSvtBanner(stderr: string): string {
+  return stderr
+    .split('\n')
+    .filter((l) => !l.startsWith('Svt[info]'))
+    .join('\n');
+}
+
+function isErrnoException(err: unknown): err is NodeJS.ErrnoException {
+  return err instanceof Error && 'code' in err;
+}
+
+function messageOf(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  return msg.replace(/\s+/g, ' ').trim();
+}
