@@ -7,13 +7,14 @@
 // sharp is imported here only to measure (SSIM, and the clone() strategy as a comparison); the
 // service's processing stays in media.ts.
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import {
+  DEFAULT_AVIF_ENGINE,
   ENCODER_SETTINGS,
   configureMedia,
   detectAvifEngines,
@@ -25,6 +26,12 @@ import { planVariants } from '../services/variants/plan.js';
 import type { VariantSpec } from '../services/variants/plan.js';
 
 const run = promisify(execFile);
+// sharp's prebuilt libvips sets VIPSHOME to its build prefix in this process; a child vips CLI would
+// then look for its loadable modules (Debian's vips-heif.so) there and lose AVIF support.
+function cliEnv(): NodeJS.ProcessEnv {
+  const { VIPSHOME: _vipshome, ...env } = process.env;
+  return env;
+}
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..');
 const DEFAULT_INPUT = path.resolve(ROOT, '../shared/fixtures/exif-samples/jpg/mobile/jolla.jpg');
@@ -57,8 +64,18 @@ export interface VariantBenchResult {
   baselineMs: number;
   bytes: Record<string, Record<string, number>>;
   ssim: Record<string, { webp: number | null; avif: number | null }>;
-  avifEngines: { name: string; engine: AvifEngine; msPerImage: number; bytes: number; ssim1024: number; ssimFull: number; runs: number }[];
+  avifEngines: {
+    name: string;
+    engine: AvifEngine;
+    msPerImage: number;
+    bytes: number;
+    ssim1024: number;
+    ssimFull: number;
+    runs: number;
+  }[];
   peakRssMiB: number;
+  /** full variant set rendered once in a fresh process per AVIF engine */
+  memory: { engine: AvifEngine; ms: number; nodeMaxRssMiB: number; childMaxRssMiB: number | null }[];
   markdown: string;
 }
 
@@ -75,10 +92,18 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
   try {
     const probe = await probeImage(input);
     const specs = planVariants(
-      { imageId: IMAGE_ID, datePath: DATE_PATH, format: probe.format, width: probe.width, height: probe.height },
+      {
+        imageId: IMAGE_ID,
+        datePath: DATE_PATH,
+        format: probe.format,
+        width: probe.width,
+        height: probe.height,
+      },
       { original: true, webp: true, avif: true },
     );
-    log(`input ${path.basename(input)} ${probe.width}x${probe.height} ${probe.format}; ${specs.length} outputs; ${runs} runs + 1 warm-up`);
+    log(
+      `input ${path.basename(input)} ${probe.width}x${probe.height} ${probe.format}; ${specs.length} outputs; ${runs} runs + 1 warm-up`,
+    );
 
     let seq = 0;
     const freshDir = async (label: string): Promise<string> => {
@@ -86,7 +111,12 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
       await mkdir(dir, { recursive: true });
       return dir;
     };
-    const ours = async (engine: AvifEngine, label: string, only?: VariantSpec[], encoders?: Partial<EncoderSettings>) => {
+    const ours = async (
+      engine: AvifEngine,
+      label: string,
+      only?: VariantSpec[],
+      encoders?: Partial<EncoderSettings>,
+    ) => {
       const dir = await freshDir(label);
       const started = performance.now();
       const p = await probeImage(input);
@@ -98,59 +128,72 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
     };
 
     // --- full variant set: ours (each AVIF engine), clone() strategy, vips CLI --------------------
-    const pipelines: TimedConfig[] = [];
     const lastOut: Record<string, { out: RenderedVariant[]; dir: string }> = {};
-    const time = async (name: string, once: () => Promise<number>, n = runs): Promise<TimedConfig> => {
-      await once(); // warm-up: library initialisation, page cache
-      const samples: number[] = [];
-      for (let i = 0; i < n; i++) samples.push(await once());
-      const cfg = { name, msPerImage: median(samples), runs: samples.map(Math.round) };
-      log(`${name.padEnd(48)} ${cfg.msPerImage.toFixed(0).padStart(6)} ms  (${cfg.runs.join(', ')})`);
-      return cfg;
-    };
-
-    pipelines.push(
-      await time('ours, decode once, AVIF via sharp', async () => {
-        const r = await ours('sharp', 'ours-sharp');
-        lastOut.sharp = r;
-        return r.ms;
-      }),
-    );
+    const vipsDirs: string[] = [];
+    const BASELINE = 'vips CLI, one process per output (baseline)';
+    const configs: Config[] = [
+      {
+        name: 'ours, decode once, AVIF via sharp',
+        once: async () => {
+          const r = await ours('sharp', 'ours-sharp');
+          lastOut.sharp = r;
+          return r.ms;
+        },
+      },
+    ];
     if (engines.ffmpeg) {
-      pipelines.push(
-        await time('ours, decode once, AVIF via ffmpeg/SVT-AV1', async () => {
+      configs.push({
+        name: 'ours, decode once, AVIF via ffmpeg/SVT-AV1',
+        once: async () => {
           const r = await ours('ffmpeg', 'ours-ffmpeg');
           lastOut.ffmpeg = r;
           return r.ms;
-        }),
-      );
+        },
+      });
     }
-    configureMedia({ concurrency: defaultConcurrency });
-    pipelines.push(
-      await time(`ours, AVIF via sharp, sharp.concurrency(${defaultConcurrency}) (default)`, async () => {
-        return (await ours('sharp', 'ours-sharp-c1')).ms;
-      }),
+    if (defaultConcurrency !== concurrency) {
+      configs.push({
+        name: `ours, AVIF via sharp, sharp.concurrency(${defaultConcurrency}) (sharp's default here)`,
+        once: async () => {
+          configureMedia({ concurrency: defaultConcurrency });
+          try {
+            return (await ours('sharp', 'ours-sharp-c1')).ms;
+          } finally {
+            configureMedia({ concurrency });
+          }
+        },
+      });
+    }
+    configs.push(
+      {
+        name: 'sharp clone() per output (re-decodes the file)',
+        once: async () => {
+          const dir = await freshDir('clone');
+          const started = performance.now();
+          await cloneStrategy(input, specs, dir);
+          return performance.now() - started;
+        },
+      },
+      {
+        name: BASELINE,
+        once: async () => {
+          const dir = await freshDir('vips');
+          vipsDirs.push(dir);
+          // vips does not create directories
+          for (const spec of specs)
+            await mkdir(path.dirname(path.join(dir, spec.relPath)), { recursive: true });
+          const started = performance.now();
+          for (const [cmd, args] of vipsCommands(input, specs, dir)) await run(cmd, args, { env: cliEnv() });
+          return performance.now() - started;
+        },
+      },
     );
-    configureMedia({ concurrency });
-    pipelines.push(
-      await time('sharp clone() per output (re-decodes the file)', async () => {
-        const dir = await freshDir('clone');
-        const started = performance.now();
-        await cloneStrategy(input, specs, dir);
-        return performance.now() - started;
-      }),
-    );
-    const vipsDirs: string[] = [];
-    const baseline = await time('vips CLI, one process per output (baseline)', async () => {
-      const dir = await freshDir('vips');
-      vipsDirs.push(dir);
-      // vips does not create directories
-      for (const spec of specs) await mkdir(path.dirname(path.join(dir, spec.relPath)), { recursive: true });
-      const started = performance.now();
-      for (const [cmd, args] of vipsCommands(input, specs, dir)) await run(cmd, args);
-      return performance.now() - started;
-    });
-    pipelines.push(baseline);
+    const pipelines = await timeInterleaved(configs, runs, log);
+    const baseline = pipelines.find((p) => p.name === BASELINE) ?? {
+      name: BASELINE,
+      msPerImage: Number.NaN,
+      runs: [],
+    };
     const vipsDir = vipsDirs.at(-1) ?? '';
 
     // --- bytes per output and SSIM of the full-size formats ---------------------------------------
@@ -170,7 +213,8 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
       const img = await grey(file, 1024).catch(() => null);
       return img ? ssim(reference1024, img) : null;
     };
-    const fullFile = (dir: string, fmt: 'webp' | 'avif'): string => path.join(dir, `variants/${DATE_PATH}/${IMAGE_ID}.${fmt}`);
+    const fullFile = (dir: string, fmt: 'webp' | 'avif'): string =>
+      path.join(dir, `variants/${DATE_PATH}/${IMAGE_ID}.${fmt}`);
     const ssimTable: VariantBenchResult['ssim'] = {};
     for (const [col, dir] of [
       ['ours (sharp AVIF)', lastOut.sharp?.dir],
@@ -178,58 +222,97 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
       ['vips CLI', vipsDir],
     ] as const) {
       if (!dir) continue;
-      ssimTable[col] = { webp: await ssimOf(fullFile(dir, 'webp')), avif: await ssimOf(fullFile(dir, 'avif')) };
+      ssimTable[col] = {
+        webp: await ssimOf(fullFile(dir, 'webp')),
+        avif: await ssimOf(fullFile(dir, 'avif')),
+      };
     }
 
     // --- AVIF engines: the full-size AVIF alone -----------------------------------------------------
     const fullAvif = specs.filter((s) => s.variantType === 'avif');
     const referenceFull = await grey(input, null);
-    const candidates: { name: string; engine: AvifEngine; encoders?: Partial<EncoderSettings>; runs: number }[] = [
-      { name: `sharp q${ENCODER_SETTINGS.avifSharp.quality} effort ${ENCODER_SETTINGS.avifSharp.effort} 4:2:0 (default)`, engine: 'sharp', runs },
+    const sh = ENCODER_SETTINGS.avifSharp;
+    const avifSharp = (effort: number): Partial<EncoderSettings> => ({ avifSharp: { ...sh, effort } });
+    const candidates: {
+      name: string;
+      engine: AvifEngine;
+      encoders?: Partial<EncoderSettings>;
+      runs: number;
+    }[] = [
       {
-        name: 'sharp q50 effort 0 4:2:0',
+        name: `sharp q${sh.quality} effort ${sh.effort} ${sh.chromaSubsampling} (default)`,
         engine: 'sharp',
-        encoders: { avifSharp: { ...ENCODER_SETTINGS.avifSharp, effort: 0 } },
         runs,
       },
-      {
-        name: "sharp q50 effort 4 4:4:4 (sharp's defaults)",
-        engine: 'sharp',
-        encoders: { avifSharp: { quality: 50, effort: 4, chromaSubsampling: '4:4:4' } },
-        runs: 1,
-      },
+      ...[0, 2]
+        .filter((e) => e !== sh.effort)
+        .map((e) => ({
+          name: `sharp q${sh.quality} effort ${e} ${sh.chromaSubsampling}`,
+          engine: 'sharp' as const,
+          encoders: avifSharp(e),
+          runs,
+        })),
     ];
     if (engines.ffmpeg) {
       const svt = ENCODER_SETTINGS.avifSvt;
       candidates.push(
-        { name: `ffmpeg SVT-AV1 preset ${svt.preset} crf ${svt.crf} (default for ffmpeg)`, engine: 'ffmpeg', runs },
-        { name: `ffmpeg SVT-AV1 preset ${svt.preset} crf 28`, engine: 'ffmpeg', encoders: { avifSvt: { ...svt, crf: 28 } }, runs },
-        { name: `ffmpeg SVT-AV1 preset 8 crf ${svt.crf}`, engine: 'ffmpeg', encoders: { avifSvt: { ...svt, preset: 8 } }, runs },
+        {
+          name: `ffmpeg SVT-AV1 preset ${svt.preset} crf ${svt.crf} (default for ffmpeg)`,
+          engine: 'ffmpeg',
+          runs,
+        },
+        {
+          name: `ffmpeg SVT-AV1 preset ${svt.preset} crf 28`,
+          engine: 'ffmpeg',
+          encoders: { avifSvt: { ...svt, crf: 28 } },
+          runs,
+        },
+        {
+          name: `ffmpeg SVT-AV1 preset 8 crf ${svt.crf}`,
+          engine: 'ffmpeg',
+          encoders: { avifSvt: { ...svt, preset: 8 } },
+          runs,
+        },
       );
     }
-    const avifEngines: VariantBenchResult['avifEngines'] = [];
-    for (const c of candidates) {
-      let last: Awaited<ReturnType<typeof ours>> | undefined;
-      const timed = await time(
-        `AVIF ${c.name}`,
-        async () => {
-          last = await ours(c.engine, 'avif', fullAvif, c.encoders);
-          return last.ms;
+    const lastAvif = new Map<string, Awaited<ReturnType<typeof ours>>>();
+    const avifTimes = await timeInterleaved(
+      candidates.map((c) => ({
+        name: `AVIF ${c.name}`,
+        runs: c.runs,
+        once: async () => {
+          const r = await ours(c.engine, 'avif', fullAvif, c.encoders);
+          lastAvif.set(c.name, r);
+          return r.ms;
         },
-        c.runs,
-      );
+      })),
+      runs,
+      log,
+    );
+    const avifEngines: VariantBenchResult['avifEngines'] = [];
+    for (const [i, c] of candidates.entries()) {
+      const last = lastAvif.get(c.name);
       const file = last ? fullFile(last.dir, 'avif') : '';
       const encodedBy = last?.out[0]?.encoder;
-      if (encodedBy !== c.engine) log(`  note: encoded by ${encodedBy ?? 'nothing'}`);
+      if (encodedBy !== c.engine) log(`  note: ${c.name} was encoded by ${encodedBy ?? 'nothing'}`);
       avifEngines.push({
         name: c.name,
         engine: c.engine,
-        msPerImage: timed.msPerImage,
+        msPerImage: avifTimes[i]?.msPerImage ?? Number.NaN,
         bytes: last?.out[0]?.bytes ?? 0,
         ssim1024: ssim(reference1024, await grey(file, 1024)),
         ssimFull: ssim(referenceFull, await grey(file, null)),
         runs: c.runs,
       });
+    }
+
+    const memory: VariantBenchResult['memory'] = [];
+    for (const engine of engines.ffmpeg ? (['sharp', 'ffmpeg'] as const) : (['sharp'] as const)) {
+      const m = await measureMemory(engine, input, concurrency);
+      log(
+        `memory, AVIF via ${engine}: node ${m.nodeMaxRssMiB} MiB, encoder child ${m.childMaxRssMiB ?? '–'} MiB, ${m.ms} ms`,
+      );
+      memory.push(m);
     }
 
     const peakRssMiB = process.resourceUsage().maxRSS / 1024;
@@ -243,11 +326,13 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
       ssim: ssimTable,
       avifEngines,
       peakRssMiB,
+      memory,
     };
     const markdown = await renderMarkdown(result, { runs, concurrency, defaultConcurrency, specs });
     log('');
     log(markdown);
-    const resultsPath = opts.resultsPath === undefined ? path.join(HERE, 'RESULTS-variants.md') : opts.resultsPath;
+    const resultsPath =
+      opts.resultsPath === undefined ? path.join(HERE, 'RESULTS-variants.md') : opts.resultsPath;
     if (resultsPath) {
       await writeFile(resultsPath, markdown);
       log(`written to ${path.relative(process.cwd(), resultsPath)}`);
@@ -256,6 +341,106 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
   } finally {
     configureMedia({ concurrency: defaultConcurrency });
     await rm(work, { recursive: true, force: true });
+  }
+}
+
+interface Config {
+  name: string;
+  once: () => Promise<number>;
+  /** timed runs for this config (default: the bench's runs); slow reference points use 1 */
+  runs?: number;
+}
+
+/**
+ * One warm-up each, then round-robin rounds (A B C, A B C, ...): on a shared machine, background
+ * load then hits every configuration alike instead of whichever happened to run during it.
+ */
+async function timeInterleaved(
+  configs: Config[],
+  runs: number,
+  log: (line: string) => void,
+): Promise<TimedConfig[]> {
+  for (const c of configs) await c.once(); // warm-up: library initialisation, page cache
+  const samples = configs.map((): number[] => []);
+  for (let round = 0; round < runs; round++) {
+    for (const [i, c] of configs.entries()) {
+      if (round < (c.runs ?? runs)) samples[i]?.push(await c.once());
+    }
+  }
+  return configs.map((c, i) => {
+    const xs = samples[i] ?? [];
+    const cfg = { name: c.name, msPerImage: median(xs), runs: xs.map(Math.round) };
+    log(`${c.name.padEnd(64)} ${cfg.msPerImage.toFixed(0).padStart(6)} ms  (${cfg.runs.join(', ')})`);
+    return cfg;
+  });
+}
+
+/** Renders the full set once in a fresh process (this file with --mem-child) and reads its peak RSS. */
+async function measureMemory(
+  engine: AvifEngine,
+  input: string,
+  concurrency: number,
+): Promise<VariantBenchResult['memory'][number]> {
+  const self = fileURLToPath(import.meta.url);
+  const args = [
+    ...process.execArgv,
+    self,
+    '--mem-child',
+    engine,
+    '--input',
+    input,
+    '--concurrency',
+    String(concurrency),
+  ];
+  const { stdout } = await run(process.execPath, args, { maxBuffer: 1 << 20 });
+  const last = stdout.trim().split('\n').at(-1) ?? '{}';
+  return { engine, ...(JSON.parse(last) as Omit<VariantBenchResult['memory'][number], 'engine'>) };
+}
+
+/**
+ * --mem-child: render once, print { ms, nodeMaxRssMiB, childMaxRssMiB }. An encoder child's peak
+ * (ffmpeg/SVT-AV1) is sampled from /proc/<pid>/status VmHWM while it runs (Linux; null elsewhere).
+ */
+async function memChild(engine: AvifEngine, input: string, concurrency: number): Promise<void> {
+  configureMedia({ concurrency });
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pixelfox-variant-mem-'));
+  let childPeakKiB: number | null = null;
+  const sample = async (): Promise<void> => {
+    const tasks = await readdir(`/proc/${process.pid}/task`).catch(() => []);
+    for (const tid of tasks) {
+      const children = await readFile(`/proc/${process.pid}/task/${tid}/children`, 'utf8').catch(() => '');
+      for (const pid of children.split(' ').filter(Boolean)) {
+        const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+        const hwm = /VmHWM:\s+(\d+) kB/.exec(status)?.[1];
+        if (hwm) childPeakKiB = Math.max(childPeakKiB ?? 0, Number(hwm));
+      }
+    }
+  };
+  const timer = setInterval(() => void sample(), 10);
+  try {
+    const started = performance.now();
+    const probe = await probeImage(input);
+    const specs = planVariants(
+      {
+        imageId: IMAGE_ID,
+        datePath: DATE_PATH,
+        format: probe.format,
+        width: probe.width,
+        height: probe.height,
+      },
+      { original: true, webp: true, avif: true },
+    );
+    await renderVariants(input, probe, specs, (rel) => path.join(dir, rel), { avifEngine: engine });
+    const ms = Math.round(performance.now() - started);
+    // VmHWM, not getrusage's maxRSS: Linux carries ru_maxrss across fork+exec, so a child spawned by a
+    // large parent would report the parent's size.
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(await readFile('/proc/self/status', 'utf8').catch(() => ''))?.[1];
+    const nodeMaxRssMiB = Math.round((hwm ? Number(hwm) : process.resourceUsage().maxRSS) / 1024);
+    const childMaxRssMiB = childPeakKiB === null ? null : Math.round(childPeakKiB / 1024);
+    console.log(JSON.stringify({ ms, nodeMaxRssMiB, childMaxRssMiB }));
+  } finally {
+    clearInterval(timer);
+    await rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -338,7 +523,8 @@ async function grey(file: string, width: number | null): Promise<Grey> {
  * standard constants C1 = (0.01·255)², C2 = (0.03·255)². Uniform windows, via summed-area tables.
  */
 export function ssim(a: Grey, b: Grey, win = 8): number {
-  if (a.width !== b.width || a.height !== b.height) throw new Error(`SSIM: ${a.width}x${a.height} vs ${b.width}x${b.height}`);
+  if (a.width !== b.width || a.height !== b.height)
+    throw new Error(`SSIM: ${a.width}x${a.height} vs ${b.width}x${b.height}`);
   const { width: w, height: h } = a;
   const W = w + 1;
   const sa = new Float64Array(W * (h + 1));
@@ -370,7 +556,10 @@ export function ssim(a: Grey, b: Grey, win = 8): number {
     }
   }
   const box = (s: Float64Array, x: number, y: number): number =>
-    (s[(y + win) * W + x + win] ?? 0) - (s[y * W + x + win] ?? 0) - (s[(y + win) * W + x] ?? 0) + (s[y * W + x] ?? 0);
+    (s[(y + win) * W + x + win] ?? 0) -
+    (s[y * W + x + win] ?? 0) -
+    (s[(y + win) * W + x] ?? 0) +
+    (s[y * W + x] ?? 0);
   const n = win * win;
   const c1 = (0.01 * 255) ** 2;
   const c2 = (0.03 * 255) ** 2;
@@ -398,7 +587,7 @@ function median(xs: number[]): number {
 
 async function versionOf(cmd: string, args: string[]): Promise<string> {
   try {
-    const { stdout } = await run(cmd, args);
+    const { stdout } = await run(cmd, args, { env: cliEnv() });
     return stdout.split('\n')[0]?.trim() ?? '?';
   } catch {
     return 'not installed';
@@ -429,14 +618,20 @@ async function renderMarkdown(
       `our runs use sharp.concurrency(${ctx.concurrency}) unless stated (the vips CLI uses all cores too).`,
   );
   lines.push('');
-  lines.push('Reproduce: `node --import tsx bench/variants.ts` (add `--runs N`, `--input file.jpg`, `--no-write`).');
+  lines.push(
+    'Reproduce: `node --import tsx bench/variants.ts` (add `--runs N`, `--input file.jpg`, `--no-write`).',
+  );
+  lines.push('');
+  lines.push(...summary(r));
   lines.push('');
   lines.push('### Full variant set, per image');
   lines.push('');
   lines.push('| pipeline | ms / image | ratio to vips CLI | runs (ms) |');
   lines.push('| --- | ---: | ---: | --- |');
   for (const p of r.pipelines) {
-    lines.push(`| ${p.name} | ${p.msPerImage.toFixed(0)} | ${(p.msPerImage / r.baselineMs).toFixed(2)}× | ${p.runs.join(', ')} |`);
+    lines.push(
+      `| ${p.name} | ${p.msPerImage.toFixed(0)} | ${(p.msPerImage / r.baselineMs).toFixed(2)}× | ${p.runs.join(', ')} |`,
+    );
   }
   lines.push('');
   const cols = [...new Set(Object.values(r.bytes).flatMap((row) => Object.keys(row)))];
@@ -444,7 +639,8 @@ async function renderMarkdown(
   lines.push('');
   lines.push(`| output | ${cols.join(' | ')} |`);
   lines.push(`| --- | ${cols.map(() => '---:').join(' | ')} |`);
-  for (const [type, row] of Object.entries(r.bytes)) lines.push(`| ${type} | ${cols.map((c) => kb(row[c])).join(' | ')} |`);
+  for (const [type, row] of Object.entries(r.bytes))
+    lines.push(`| ${type} | ${cols.map((c) => kb(row[c])).join(' | ')} |`);
   lines.push('');
   lines.push('### SSIM vs the original (greyscale, both resized to 1024 wide, 8×8 windows)');
   lines.push('');
@@ -457,27 +653,88 @@ async function renderMarkdown(
   lines.push('| engine / settings | ms / image | KiB | SSIM @1024 | SSIM full res | runs |');
   lines.push('| --- | ---: | ---: | ---: | ---: | ---: |');
   for (const e of r.avifEngines) {
-    lines.push(`| ${e.name} | ${e.msPerImage.toFixed(0)} | ${kb(e.bytes)} | ${f3(e.ssim1024)} | ${f3(e.ssimFull)} | ${e.runs} |`);
+    lines.push(
+      `| ${e.name} | ${e.msPerImage.toFixed(0)} | ${kb(e.bytes)} | ${f3(e.ssim1024)} | ${f3(e.ssimFull)} | ${e.runs} |`,
+    );
   }
   lines.push('');
-  lines.push(`Peak RSS of the benchmark process: ${r.peakRssMiB.toFixed(0)} MiB.`);
+  lines.push('### Memory: the full set rendered once in a fresh process');
+  lines.push('');
+  lines.push('| AVIF engine | ms | node peak RSS (MiB) | encoder child peak RSS (MiB) |');
+  lines.push('| --- | ---: | ---: | ---: |');
+  for (const m of r.memory)
+    lines.push(`| ${m.engine} | ${m.ms} | ${m.nodeMaxRssMiB} | ${m.childMaxRssMiB ?? '–'} |`);
+  lines.push('');
+  lines.push(`Peak RSS of the whole benchmark process: ${r.peakRssMiB.toFixed(0)} MiB.`);
   lines.push('');
   return lines.join('\n');
 }
 
-function parseArgs(argv: string[]): VariantBenchOptions {
-  const opts: VariantBenchOptions = {};
+/** Findings computed from this run's numbers, so a re-run cannot leave stale prose behind. */
+function summary(r: Omit<VariantBenchResult, 'markdown'>): string[] {
+  const byName = (prefix: string): TimedConfig | undefined =>
+    r.pipelines.find((p) => p.name.startsWith(prefix));
+  const oursDefault = byName(
+    `ours, decode once, AVIF via ${DEFAULT_AVIF_ENGINE === 'sharp' ? 'sharp' : 'ffmpeg'}`,
+  );
+  const clone = byName('sharp clone()');
+  const ratio = oursDefault ? oursDefault.msPerImage / r.baselineMs : Number.NaN;
+  const ssims = Object.values(r.ssim)
+    .flatMap((s) => [s.webp, s.avif])
+    .filter((x): x is number => x !== null);
+  const defaults = r.avifEngines.filter((e) => e.name.includes('(default'));
+  const mem = (engine: AvifEngine): string => {
+    const m = r.memory.find((x) => x.engine === engine);
+    if (!m) return 'n/a';
+    return m.childMaxRssMiB === null
+      ? `${m.nodeMaxRssMiB} MiB`
+      : `${m.nodeMaxRssMiB} MiB + ${m.childMaxRssMiB} MiB encoder child`;
+  };
+  const out = [
+    '**Summary**',
+    '',
+    `- Our full set (default AVIF engine \`${DEFAULT_AVIF_ENGINE}\`) takes **${ratio.toFixed(2)}×** the vips CLI's time ` +
+      `(target ≤ 1.0×: ${ratio <= 1 ? 'met' : 'not met'}).`,
+  ];
+  if (oursDefault && clone) {
+    out.push(
+      `- Decode once into a raw buffer vs sharp \`clone()\` (which re-decodes the file per output): ` +
+        `${(oursDefault.msPerImage / clone.msPerImage).toFixed(2)}× the time, so media.ts uses the raw buffer.`,
+    );
+  }
+  out.push(
+    `- SSIM of every full-size WebP/AVIF vs the original: ≥ ${Math.min(...ssims).toFixed(4)} (target ≥ 0.95).`,
+  );
+  for (const e of defaults) {
+    out.push(
+      `- AVIF via ${e.engine} (${e.name.replace(/ \(default.*\)/, '')}): ${e.msPerImage.toFixed(0)} ms, ${(e.bytes / 1024).toFixed(1)} KiB, ` +
+        `SSIM ${e.ssim1024.toFixed(4)}; peak memory for the whole set ${mem(e.engine)}.`,
+    );
+  }
+  return out;
+}
+
+function parseArgs(argv: string[]): VariantBenchOptions & { memChild?: AvifEngine } {
+  const opts: VariantBenchOptions & { memChild?: AvifEngine } = {};
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--runs') opts.runs = Number(argv[++i]);
     else if (arg === '--input') opts.input = argv[++i] ?? DEFAULT_INPUT;
     else if (arg === '--concurrency') opts.concurrency = Number(argv[++i]);
     else if (arg === '--no-write') opts.resultsPath = null;
+    else if (arg === '--mem-child') opts.memChild = argv[++i] === 'ffmpeg' ? 'ffmpeg' : 'sharp';
     else throw new Error(`unknown argument ${arg ?? ''}`);
   }
   return opts;
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await runVariantBench(parseArgs(process.argv.slice(2)));
+  const args = parseArgs(process.argv.slice(2));
+  if (args.memChild)
+    await memChild(
+      args.memChild,
+      path.resolve(args.input ?? DEFAULT_INPUT),
+      args.concurrency ?? os.availableParallelism(),
+    );
+  else await runVariantBench(args);
 }

@@ -41,6 +41,7 @@ create table if not exists ${s}.images (
   deleted_at timestamptz,
   files_deleted_at timestamptz,
   moving_to_pool_id uuid,
+  last_move_id uuid,
   last_cleanup_move_id uuid,
   last_seq bigint not null
 );

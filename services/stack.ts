@@ -17,7 +17,7 @@ import path from 'node:path';
 import { apiRoutes } from './api/routes.js';
 import { adminRoutes } from './api/admin.js';
 import { adminUiRoutes } from './api/admin-ui.js';
-import { metricsRoutes } from './http/metrics.js';
+import { metricsRoutes, observeHttp } from './http/metrics.js';
 import { replicateRoutes } from './storage-node/replicate.js';
 import type { Ctx } from './context.js';
 import { buildApp, typed } from './http/app.js';
@@ -123,6 +123,8 @@ export async function startStack(config: Config, roles: readonly Role[], log: Lo
     }
 
     app = buildApp(log);
+    // Root-level hook, before any route plugin: hooks are encapsulated, so this sees every route.
+    observeHttp(app);
     await app.register(async (a) => healthRoutes(typed(a), ctx));
     if (has('api')) {
       await app.register(async (a) => apiRoutes(typed(a), ctx));

@@ -32,7 +32,7 @@ export function startWorkers(ctx: Ctx, pools: () => Pool[]): Workers {
     reprocessor: { handler: variants, concurrency: () => 1 },
     deleter: { handler: deleteHandler(ctx, pools), concurrency: () => 4 },
     backupScheduler: { handler: backupSchedulerHandler(ctx), concurrency: () => 8 },
-    backup: { handler: backupHandler(ctx, pools), concurrency: () => 4 },
+    backup: { handler: backupHandler(ctx), concurrency: () => 4 },
     mover: { handler: moveHandler(ctx, pools), concurrency: () => 2 },
   };
   // Failed backups get a new round of attempts every `s3_retry_interval` minutes.
@@ -56,7 +56,8 @@ export function startWorkers(ctx: Ctx, pools: () => Pool[]): Workers {
       handler: h.handler,
       log: ctx.log,
       concurrency: h.concurrency,
-      ackWaitMs: c.ackWaitMs,
+      // With a backoff list the first redelivery comes after backoff[0], not ack_wait: heartbeat within both.
+      ackWaitMs: Math.min(c.ackWaitMs, ...c.backoffMs),
     });
   });
   return {

@@ -100,6 +100,7 @@ export async function addPool(sql: Sql, input: PoolInput): Promise<Pool> {
   const row: Record<string, unknown> = {};
   for (const c of POOL_COLUMNS) if (input[c] !== undefined) row[c] = input[c];
   row.public_base_url = input.public_base_url.replace(/\/+$/, '');
+  row.storage_type ??= 'local';
   const [pool] = await sql<Pool[]>`insert into storage_pools ${sql(row)} returning *`;
   if (!pool) throw new Error('insert returned nothing');
   return pool;

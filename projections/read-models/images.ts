@@ -79,8 +79,8 @@ export const evolveImages: Evolve = (tx, e, seq) => {
       return [
         tx`with m as (
              update images set storage_pool_id = ${d.to_pool_id}, node_id = ${d.to_node_id}, moving_to_pool_id = null,
-                    updated_at = ${at}
-             where id = ${e.image_id} and storage_pool_id = ${d.from_pool_id}
+                    last_move_id = ${d.move_id}, updated_at = ${at}
+             where id = ${e.image_id} and storage_pool_id = ${d.from_pool_id} and deleted_at is null
              returning size),
            v as (
              update image_variants set storage_pool_id = ${d.to_pool_id}
@@ -97,13 +97,17 @@ export const evolveImages: Evolve = (tx, e, seq) => {
       return [
         tx`with g as (
              update images set last_cleanup_move_id = ${d.move_id}
-             where id = ${e.image_id} and last_cleanup_move_id is distinct from ${d.move_id} returning id)
+             where id = ${e.image_id} and last_move_id = ${d.move_id}
+               and last_cleanup_move_id is distinct from ${d.move_id} returning id)
            update pool_usage set used_bytes = used_bytes - ${d.bytes}, file_count = file_count - ${d.files.length}
            where pool_id = ${d.from_pool_id} and exists (select 1 from g)`,
       ];
     }
     case 'MoveFailed':
-      return [tx`update images set moving_to_pool_id = null where id = ${e.image_id}`];
+      return [
+        tx`update images set moving_to_pool_id = null
+           where id = ${e.image_id} and moving_to_pool_id = ${e.data.to_pool_id}`,
+      ];
     case 'ImagePurged':
       return [tx`delete from images where id = ${e.image_id}`];
     case 'VariantCreated':

@@ -69,17 +69,23 @@ const OverviewSchema = Type.Object({
       ),
     }),
   ),
-  consumers: Type.Array(
-    Type.Object({
-      name: Type.String({ examples: ['pixelfox_processor-local'] }),
-      kind: Type.String({ examples: ['processor'] }),
-      node: Type.String({ examples: ['local'] }),
-      filter: Type.String({ examples: ['pixelfox.ev.ImageStored.local.*'] }),
-      pending: Count,
-      ack_pending: Count,
-      redelivered: Count,
-      waiting: Count,
-    }),
+  consumers: Type.Union(
+    [
+      Type.Array(
+        Type.Object({
+          name: Type.String({ examples: ['pixelfox_processor-local'] }),
+          kind: Type.String({ examples: ['processor'] }),
+          node: Type.String({ examples: ['local'] }),
+          filter: Type.String({ examples: ['pixelfox.ev.ImageStored.local.*'] }),
+          pending: Count,
+          ack_pending: Count,
+          redelivered: Count,
+          waiting: Count,
+        }),
+      ),
+      Type.Null(),
+    ],
+    { description: 'null when JetStream could not be asked' },
   ),
   projector: Nullable(Type.Object({ head: Count, checkpoint: Count, lag: Count })),
   images: Type.Object({ pending: Count, processing: Count, failed: Count }),
@@ -128,7 +134,11 @@ async function overview(ctx: Ctx) {
              p.max_capacity_bytes, coalesce(u.used_bytes, 0) as used_bytes, coalesce(u.file_count, 0) as file_count
       from storage_pools p left join pool_usage u on u.pool_id = p.id
       order by p.node_id, p.priority desc, p.name`,
-    consumerLag(ctx.nats.jsm, ctx.names),
+    // NATS trouble must not hide the rest of the page: lag readings are null then.
+    consumerLag(ctx.nats.jsm, ctx.names).catch((err: unknown) => {
+      ctx.log.warn({ err }, 'overview: consumer lag unavailable');
+      return null;
+    }),
     projectorLag(ctx.nats.jsm, ctx.names, ctx.sql).catch(() => null),
     // Only unfinished and failed images are counted: the images_status index keeps this small.
     ctx.sql<{ status: string; n: number }[]>`
@@ -180,7 +190,7 @@ async function overview(ctx: Ctx) {
           : null,
       };
     }),
-    consumers: consumers.map((c) => ({ ...c, ...parseDurable(ctx.names, c.name) })),
+    consumers: consumers?.map((c) => ({ ...c, ...parseDurable(ctx.names, c.name) })) ?? null,
     projector,
     images: {
       pending: byStatus.get('pending') ?? 0,

@@ -26,6 +26,7 @@ import {
 import type { App } from '../http/app.js';
 import type { Ctx } from '../context.js';
 import { requeueFailedBackups } from '../backup/worker.js';
+import { startMove } from '../mover/enqueue.js';
 import { consumerLag, projectorLag } from '../ops/consumers.js';
 import { imageHistory } from '../ops/events.js';
 import { listFailedJobs, retryFailedJobs } from '../ops/failed-jobs.js';
@@ -296,11 +297,9 @@ export async function adminRoutes(app: App, ctx: Ctx) {
     '/api/admin/images/reprocess-failed',
     { schema: { tags: ['admin'], summary: 'Reprocess every failed image', security } },
     async (_req, reply) =>
-      reply
-        .status(202)
-        .send({
-          requested: (await requestReprocess(ctx.sql, ctx.pub, { failed: true }, 'admin-api')).length,
-        }),
+      reply.status(202).send({
+        requested: (await requestReprocess(ctx.sql, ctx.pub, { failed: true }, 'admin-api')).length,
+      }),
   );
   app.get(
     '/api/admin/images/:id/history',
@@ -319,11 +318,9 @@ export async function adminRoutes(app: App, ctx: Ctx) {
       },
     },
     async (req, reply) =>
-      reply
-        .status(202)
-        .send({
-          requeued: await requeueFailedBackups(ctx, req.body.image_id ? { imageId: req.body.image_id } : {}),
-        }),
+      reply.status(202).send({
+        requeued: await requeueFailedBackups(ctx, req.body.image_id ? { imageId: req.body.image_id } : {}),
+      }),
   );
   app.get(
     '/api/admin/jobs/failed',
@@ -358,6 +355,39 @@ export async function adminRoutes(app: App, ctx: Ctx) {
       );
       return reply.status(202).send({ retried: n });
     },
+  );
+  app.post(
+    '/api/admin/moves',
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'Move the images of a pool to another pool',
+        security,
+        body: Type.Object({
+          from_pool_id: Type.String({ minLength: 1 }),
+          to_pool_id: Type.String({ minLength: 1 }),
+          limit: Type.Optional(Type.Integer({ minimum: 1 })),
+        }),
+        response: {
+          202: Type.Object({
+            move_id: Type.String(),
+            count: Type.Integer(),
+            from_pool_id: Type.String(),
+            to_pool_id: Type.String(),
+          }),
+          ...errors(400, 401, 404),
+        },
+      },
+    },
+    async (req, reply) =>
+      reply.status(202).send(
+        await startMove(ctx, {
+          fromPoolId: req.body.from_pool_id,
+          toPoolId: req.body.to_pool_id,
+          ...(req.body.limit !== undefined ? { limit: req.body.limit } : {}),
+          correlationId: req.id,
+        }),
+      ),
   );
   app.get(
     '/api/admin/consumers',

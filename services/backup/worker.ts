@@ -5,13 +5,14 @@
 // A failed attempt schedules the next one as a new BackupRequested (attempt + 1), 3 per round.
 import { ack, retry, type Delivery, type Handler, type Outcome } from '../../shared/consumer.js';
 import { errorMessage } from '../../shared/errors.js';
-import type { Pool } from '../../shared/pools.js';
+import { getPool } from '../../shared/pools.js';
 import { classifyS3Error, poolKey, putFileStreamed, s3ClientFor } from '../../shared/s3/client.js';
 import { backupTarget, s3ConfigOf } from '../../shared/s3/pools.js';
 import { LocalStore } from '../../shared/storage/local.js';
 import { deterministicId, makeEvent } from '../../streams/events/codec.js';
 import type { AnyEvent } from '../../streams/events/catalog.js';
 import type { Ctx } from '../context.js';
+import { handOnIfMoved } from '../routing.js';
 import { BACKUP_ATTEMPTS, backupKey, backupRetryDelayMs } from './key.js';
 
 export function backupSchedulerHandler(ctx: Ctx): Handler {
@@ -53,7 +54,7 @@ interface ImageForBackup {
   deleted_at: Date | null;
 }
 
-export function backupHandler(ctx: Ctx, pools: () => Pool[]): Handler {
+export function backupHandler(ctx: Ctx): Handler {
   return async (event: AnyEvent, d: Delivery): Promise<Outcome> => {
     if (event.type !== 'BackupRequested') return ack;
     const req = event.data;
@@ -68,13 +69,18 @@ export function backupHandler(ctx: Ctx, pools: () => Pool[]): Handler {
     const [state] = await ctx.sql<{ status: string }[]>`
       select status from image_backups where image_id = ${event.image_id} and target_pool_id = ${req.target_pool_id}`;
     if (state?.status === 'completed' || state?.status === 'deleted') return ack;
-    const target = pools().find((p) => p.id === req.target_pool_id);
-    const source = pools().find((p) => p.id === img.storage_pool_id);
-    if (!source?.base_path) return retry(10_000, 'source pool unknown here (moved?)');
+    const handedOn = await handOnIfMoved(ctx, event, img.node_id);
+    if (handedOn) return handedOn;
+    // Pools read fresh: an operator's change (new target, new credentials) applies to the next attempt.
+    const [target, source] = await Promise.all([
+      getPool(ctx.sql, req.target_pool_id),
+      getPool(ctx.sql, img.storage_pool_id),
+    ]);
+    if (!source?.base_path) return retry(10_000, 'source pool unknown');
 
     const base = {
       image_id: event.image_id,
-      node_id: event.node_id,
+      node_id: img.node_id,
       pool_id: event.pool_id,
       causation_id: event.id,
       correlation_id: event.correlation_id,

@@ -37,6 +37,7 @@ import { ensureNats, ensurePostgres, type Started } from './local-services.js';
 import { printJson, printTable, progress } from './output.js';
 import { rebuild, verify } from '../../projections/rebuild.js';
 import { requeueFailedBackups } from '../backup/worker.js';
+import { startMove } from '../mover/enqueue.js';
 import { listFailedJobs, retryFailedJobs } from '../ops/failed-jobs.js';
 
 type Values = Record<string, string | boolean | undefined>;
@@ -498,6 +499,40 @@ export const COMMANDS: Command[] = [
           );
         }
       });
+    },
+  },
+  {
+    name: 'pools move',
+    usage: 'pools move --from <pool> --to <pool> [--limit N] [--json]',
+    summary: 'Move the images of a pool to another (verify-then-switch; node to node via replication)',
+    options: { from: { type: 'string' }, to: { type: 'string' }, limit: { type: 'string' }, ...json },
+    run: async (v) => {
+      const config = cliConfig();
+      const log = cliLogger(config);
+      const n = names(config.namespace);
+      const limit = str(v, 'limit');
+      const r = await withDb(config, log, (sql) =>
+        withNats(config, log, async ({ js }) => {
+          const bar = progress('enqueue', 0);
+          const out = await startMove(
+            { sql, pub: publisher(js, n) },
+            {
+              fromPoolId: need(v, 'from'),
+              toPoolId: need(v, 'to'),
+              ...(limit ? { limit: Number(limit) } : {}),
+              correlationId: `cli-${process.pid}`,
+              onProgress: (done, total) => bar.update(done, total),
+            },
+          );
+          bar.finish();
+          return out;
+        }),
+      );
+      if (v.json) printJson(r);
+      else
+        console.log(
+          `move ${r.move_id}: ${r.count} image(s) queued from ${r.from_pool_id} to ${r.to_pool_id}`,
+        );
     },
   },
   {

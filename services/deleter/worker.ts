@@ -4,13 +4,14 @@
 import { ack, retry, type Handler, type Outcome } from '../../shared/consumer.js';
 import { errorMessage } from '../../shared/errors.js';
 import { dedupeKey, releaseHash } from '../../shared/kv.js';
-import type { Pool } from '../../shared/pools.js';
+import { getPool, type Pool } from '../../shared/pools.js';
 import { classifyS3Error, deleteObject, s3ClientFor } from '../../shared/s3/client.js';
 import { s3ConfigOf } from '../../shared/s3/pools.js';
 import { LocalStore } from '../../shared/storage/local.js';
 import { deterministicId, makeEvent } from '../../streams/events/codec.js';
 import type { AnyEvent } from '../../streams/events/catalog.js';
 import type { Ctx } from '../context.js';
+import { handOnIfMoved } from '../routing.js';
 
 export function deleteHandler(ctx: Ctx, pools: () => Pool[]): Handler {
   return async (event: AnyEvent): Promise<Outcome> => {
@@ -18,6 +19,7 @@ export function deleteHandler(ctx: Ctx, pools: () => Pool[]): Handler {
     const [img] = await ctx.sql<
       {
         storage_pool_id: string;
+        node_id: string;
         stored_path: string;
         sha256: string;
         user_id: string;
@@ -25,9 +27,12 @@ export function deleteHandler(ctx: Ctx, pools: () => Pool[]): Handler {
         deleted_at: Date | null;
       }[]
     >`
-      select storage_pool_id, stored_path, sha256, user_id, files_deleted_at, deleted_at from images where id = ${event.image_id}`;
+      select storage_pool_id, node_id, stored_path, sha256, user_id, files_deleted_at, deleted_at
+      from images where id = ${event.image_id}`;
     if (!img) return ack; // already purged
     if (!img.deleted_at) return retry(500, 'delete not projected yet');
+    const handedOn = await handOnIfMoved(ctx, event, img.node_id);
+    if (handedOn) return handedOn;
     const base = {
       image_id: event.image_id,
       node_id: event.node_id,
@@ -69,7 +74,7 @@ export function deleteHandler(ctx: Ctx, pools: () => Pool[]): Handler {
       select target_pool_id, status, bucket, object_key from image_backups where image_id = ${event.image_id}`;
     if (backups.some((b) => b.status === 'uploading')) return retry(15_000, 'a backup is still uploading');
     for (const b of backups.filter((x) => x.status === 'completed' && x.object_key)) {
-      const target = pools().find((p) => p.id === b.target_pool_id);
+      const target = await getPool(ctx.sql, b.target_pool_id);
       if (!target) return retry(60_000, `backup pool ${b.target_pool_id} unknown`);
       try {
         await deleteObject(s3ClientFor(s3ConfigOf(target)), b.bucket, b.object_key ?? '');

@@ -198,11 +198,14 @@ export async function metricsRoutes(app: App, ctx: Ctx): Promise<void> {
     g.up.set({ source: 'pool_health' }, s.health ? 1 : 0);
     g.up.set({ source: 'failed_jobs' }, s.failedJobs === null ? 0 : 1);
     for (const c of s.consumers ?? []) {
-      const labels = { consumer: c.name, ...parseDurable(ctx.names, c.name) };
-      g.pending.set(labels, c.pending);
-      g.ackPending.set(labels, c.ack_pending);
-      g.redelivered.set(labels, c.redelivered);
-      g.waiting.set(labels, c.waiting);
+      const parsed = parseDurable(ctx.names, c.name);
+      // Ephemeral consumers get a new random name at every restart: one summed series keeps the
+      // number of series bounded.
+      const labels = { consumer: parsed.kind === 'ephemeral' ? '(ephemeral)' : c.name, ...parsed };
+      g.pending.inc(labels, c.pending);
+      g.ackPending.inc(labels, c.ack_pending);
+      g.redelivered.inc(labels, c.redelivered);
+      g.waiting.inc(labels, c.waiting);
     }
     if (s.projector) {
       g.head.set(s.projector.head);

@@ -233,7 +233,7 @@ export async function replicateRoutes(app: App, ctx: Ctx, pools: () => Pool[]): 
       const settings = await ctx.settings.all();
       const declared = Number(req.headers['content-length']);
       const check = checkReplicateRequest({
-        pool: pools().find((p) => p.id === q.pool_id),
+        pool: pools().find((p) => p.id === q.pool_id.toLowerCase()),
         storedPath: q.stored_path,
         size: q.size,
         sha256: q.sha256,

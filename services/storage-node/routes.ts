@@ -1,5 +1,7 @@
 // Storage-node routes: direct upload, its health probe and CORS preflight, and file serving.
 import multipart from '@fastify/multipart';
+import { AppError } from '../../shared/errors.js';
+import { recordUploadRejection } from '../../shared/metrics.js';
 import type { Pool } from '../../shared/pools.js';
 import type { App } from '../http/app.js';
 import type { Ctx } from '../context.js';
@@ -38,7 +40,15 @@ export async function storageNodeRoutes(app: App, ctx: Ctx, pools: () => Pool[])
         consumes: ['multipart/form-data'],
       },
     },
-    (req, reply) => handleUpload(ctx, { byId }, req, reply),
+    async (req, reply) => {
+      try {
+        return await handleUpload(ctx, { byId }, req, reply);
+      } catch (err) {
+        // Every refusal by its stable code; the error handler turns the error into the answer.
+        recordUploadRejection(err instanceof AppError ? err.code : 'internal_error');
+        throw err;
+      }
+    },
   );
   const serve = (req: Parameters<typeof serveUpload>[1], reply: Parameters<typeof serveUpload>[2]) =>
     serveUpload(pools(), req, reply);

@@ -34,6 +34,7 @@ import { verifyUploadToken, type UploadClaims } from '../../shared/security/uplo
 import { LocalStore } from '../../shared/storage/local.js';
 import { originalRelPath } from '../../shared/storage/paths.js';
 import { getUser, type User } from '../../shared/users.js';
+import { recordUpload } from '../../shared/metrics.js';
 import type { Ctx } from '../context.js';
 import { presentImage, loadImageView } from '../api/present.js';
 import { awaitProjection } from '../api/routes.js';
@@ -270,8 +271,10 @@ async function store(
   );
   if (!claim.claimed) {
     const existing = await waitForImage(ctx, claim.existing.image_id, user.id);
-    if (existing)
+    if (existing) {
+      recordUpload('duplicate', r.size);
       return reply.status(200).send({ ...presentImage(existing, ctx.config.publicDomain), duplicate: true });
+    }
     if (Date.now() - claim.existing.at < STALE_CLAIM_MS) {
       throw new AppError(
         409,
@@ -331,6 +334,7 @@ async function store(
     // Read-your-writes for the client: GET /api/v1/images/:uuid right after this answer finds the image.
     await awaitProjection(ctx, seq, 1_000);
     const base = pool.public_base_url;
+    recordUpload('stored', r.size);
     return reply.status(201).send({
       image_uuid: imageId,
       view_url: `${ctx.config.publicDomain}/i/${shareLink}`,

@@ -10,7 +10,9 @@ import type { Pool } from '../../shared/pools.js';
 import { LocalStore } from '../../shared/storage/local.js';
 import { getUser } from '../../shared/users.js';
 import { CONSUMERS } from '../../streams/definitions.js';
+import { observeProcessing } from '../../shared/metrics.js';
 import type { Ctx } from '../context.js';
+import { handOnIfMoved } from '../routing.js';
 import { detectAvifEngines, probeImage, renderVariants } from './media.js';
 import { extractMetadata } from './metadata.js';
 import { entitlementsFor, planVariants } from './plan.js';
@@ -61,10 +63,17 @@ async function jobFor(ctx: Ctx, event: AnyEvent): Promise<Job | null> {
       };
     case 'ImageReprocessRequested': {
       const [row] = await ctx.sql<
-        { user_id: string; storage_pool_id: string; stored_path: string; deleted_at: Date | null }[]
+        {
+          user_id: string;
+          storage_pool_id: string;
+          node_id: string;
+          stored_path: string;
+          deleted_at: Date | null;
+        }[]
       >`
-        select user_id, storage_pool_id, stored_path, deleted_at from images where id = ${event.image_id}`;
+        select user_id, storage_pool_id, node_id, stored_path, deleted_at from images where id = ${event.image_id}`;
       if (!row || row.deleted_at) return null;
+      if ((await handOnIfMoved(ctx, event, row.node_id)) !== null) return null;
       return {
         imageId: event.image_id,
         userId: row.user_id,
@@ -130,13 +139,21 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
         ent,
       );
       const engine = settings.avif_engine === 'ffmpeg' && engines?.ffmpeg ? 'ffmpeg' : 'sharp';
+      // renderVariants reports each written spec in order: time each output (the first includes the decode).
+      let done = 0;
+      let mark = Date.now();
       const rendered = await renderVariants(src, probe, specs, (rel) => store.resolve(rel), {
         avifEngine: engine,
         pixelLimit: ctx.config.maxImagePixels,
-        onProgress: () => d.working(),
+        onProgress: () => {
+          observeProcessing(specs[done++]?.variantType ?? 'unknown', Date.now() - mark);
+          mark = Date.now();
+          d.working();
+        },
       });
       d.working();
       const metadata = await extractMetadata(src);
+      observeProcessing('metadata', Date.now() - mark);
       // Stable ids per output (not per delivery): a redelivery's duplicates are dropped by the stream.
       const stable = (...parts: string[]) => deterministicId(job.cause, ...parts);
       for (const r of rendered) {
@@ -190,6 +207,7 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
           },
         }),
       );
+      observeProcessing('image', Date.now() - started);
       ctx.log.info(
         { imageId: job.imageId, variants: rendered.length, ms: Date.now() - started },
         'image processed',

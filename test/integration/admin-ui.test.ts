@@ -31,7 +31,11 @@ t.test('admin status page', async (t) => {
     t.equal(js.status, 200);
     t.match(js.headers.get('content-type'), /^text\/javascript/);
     t.equal(js.headers.get('content-security-policy'), ADMIN_CSP);
-    t.notMatch(await js.text(), /innerHTML|outerHTML|insertAdjacentHTML|document\.write/, 'no HTML sinks in the script');
+    t.notMatch(
+      await js.text(),
+      /innerHTML|outerHTML|insertAdjacentHTML|document\.write/,
+      'no HTML sinks in the script',
+    );
     t.equal((await fetch(`${api}/admin/style.css`)).status, 200);
     t.equal((await fetch(`${api}/admin/..%2Fadmin.ts`)).status, 404, 'only the three files');
     t.equal((await fetch(`${api}/admin/secrets.json`)).status, 404);
@@ -50,7 +54,10 @@ t.test('admin status page', async (t) => {
       failed_jobs: Array,
       failed_images: Array,
     });
-    t.ok((o.body.consumers as { kind: string }[]).some((c) => c.kind === 'processor'), 'consumers listed with their kind');
+    t.ok(
+      (o.body.consumers as { kind: string }[]).some((c) => c.kind === 'processor'),
+      'consumers listed with their kind',
+    );
   });
 
   await t.test('in Chromium: sign in, pools, drag-and-drop upload, thumbnails', async (t) => {
@@ -59,7 +66,16 @@ t.test('admin status page', async (t) => {
     try {
       browser = await chromium.launch({
         executablePath: CHROMIUM,
-        args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+        args: [
+          '--headless',
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-quic',
+          '--no-first-run',
+          '--disable-background-networking',
+          '--disable-component-update',
+          '--disable-sync',
+        ],
       });
     } catch (err) {
       t.fail(`cannot start Chromium at ${CHROMIUM}: ${(err as Error).message}`);
@@ -72,7 +88,9 @@ t.test('admin status page', async (t) => {
       if (m.type() === 'error') problems.push(`console: ${m.text()}`);
     });
     page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-    page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()} ${r.failure()?.errorText ?? ''}`));
+    page.on('requestfailed', (r) =>
+      problems.push(`request failed: ${r.url()} ${r.failure()?.errorText ?? ''}`),
+    );
 
     await page.goto(`${api}/admin`);
     await page.locator('#admin-token').waitFor({ state: 'visible' });
@@ -81,14 +99,22 @@ t.test('admin status page', async (t) => {
     await page.fill('#admin-token', 'not-the-token');
     await page.click('#login-form button[type=submit]');
     await page.locator('#login-error').filter({ hasText: 'not accepted' }).waitFor();
-    t.equal(await page.evaluate(() => sessionStorage.getItem('pixelfox.adminToken')), null, 'a refused token is not stored');
+    t.equal(
+      await page.evaluate(() => sessionStorage.getItem('pixelfox.adminToken')),
+      null,
+      'a refused token is not stored',
+    );
     problems.length = 0; // the 401 of the wrong token is logged by the browser; that one is expected
 
     await page.fill('#admin-token', admin);
     await page.click('#login-form button[type=submit]');
     const pool = page.locator('article.pool', { hasText: 'default' });
     await pool.waitFor();
-    t.equal(await page.evaluate(() => sessionStorage.getItem('pixelfox.adminToken')), admin, 'token kept in sessionStorage');
+    t.equal(
+      await page.evaluate(() => sessionStorage.getItem('pixelfox.adminToken')),
+      admin,
+      'token kept in sessionStorage',
+    );
     t.equal(await pool.locator('.bar[role=progressbar] .fill').count(), 1, 'pool has a usage bar');
     t.match(await pool.locator('.badge').first().textContent(), 'healthy');
     t.ok((await page.locator('#consumers tbody tr[data-consumer]').count()) >= 6, 'consumer lag table');
@@ -117,16 +143,33 @@ t.test('admin status page', async (t) => {
     const variants = img.body.variants as { type: string }[];
     t.ok(variants.length >= 3, `${variants.length} variants`);
     t.equal(await page.locator('#variants img').count(), variants.length, 'one thumbnail per variant');
-    const sizes = await page.$$eval('#variants img', (imgs) => imgs.map((i) => (i as HTMLImageElement).naturalWidth));
-    t.ok(sizes.every((w) => w > 0), `every thumbnail decoded (${sizes.join(', ')})`);
+    const sizes = await page.$$eval('#variants img', (imgs) =>
+      imgs.map((i) => (i as HTMLImageElement).naturalWidth),
+    );
+    t.ok(
+      sizes.every((w) => w > 0),
+      `every thumbnail decoded (${sizes.join(', ')})`,
+    );
 
     // Data is text, never markup: a file name full of HTML shows as typed.
     const evil = '<img src=x onerror=window.__xss=1>.jpg';
-    await page.setInputFiles('#file-input', { name: evil, mimeType: 'image/jpeg', buffer: await fs.readFile(path.join(FIXTURES, 'Nikon_D70.jpg')) });
+    await page.setInputFiles('#file-input', {
+      name: evil,
+      mimeType: 'image/jpeg',
+      buffer: await fs.readFile(path.join(FIXTURES, 'Nikon_D70.jpg')),
+    });
     await page.locator('#upload-status.ok', { hasText: evil }).waitFor({ timeout: 60_000 });
-    t.equal(await page.evaluate(() => (window as unknown as { __xss?: number }).__xss ?? null), null, 'no script ran');
+    t.equal(
+      await page.evaluate(() => (window as unknown as { __xss?: number }).__xss ?? null),
+      null,
+      'no script ran',
+    );
     t.equal(await page.locator('img[src="x"]').count(), 0, 'no element made from the file name');
-    await page.waitForFunction(() => [...document.querySelectorAll<HTMLImageElement>('#variants img')].every((i) => i.complete && i.naturalWidth > 0));
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll<HTMLImageElement>('#variants img')].every(
+        (i) => i.complete && i.naturalWidth > 0,
+      ),
+    );
 
     // Usage of the pool moved after the uploads (the page refreshed itself after each).
     await page.locator('article.pool', { hasText: /[1-9]\d* files/ }).waitFor();

@@ -68,11 +68,12 @@ t.test(
     const env = await testEnv(t);
     const s3 = await startS3();
     t.teardown(() => s3.close());
-    await s3Pool(env, s3, { name: 'backup' });
     await setSetting(env, 's3_backup_enabled', true);
     await setSetting(env, 's3_backup_delay_minutes', 0);
+    // The stack before the S3 pool: it creates the default local pool on a first start without pools.
     const node = await startInProcess(env);
     t.teardown(() => node.close());
+    await s3Pool(env, s3, { name: 'backup' });
     const user = await makeUser(env, 'premium');
     const ids: string[] = [];
     const bodies = new Map<string, Buffer>();
@@ -157,10 +158,10 @@ t.test(
     const env = await testEnv(t);
     const s3 = await startS3();
     t.teardown(() => s3.close());
-    await s3Pool(env, s3, { name: 'backup' });
     await setSetting(env, 's3_backup_enabled', true);
     const node = await startInProcess(env);
     t.teardown(() => node.close());
+    await s3Pool(env, s3, { name: 'backup' });
     const user = await makeUser(env, 'premium');
     await s3.stop();
     const ids: string[] = [];
@@ -217,11 +218,11 @@ t.test('delayed backups: nothing before the delay, everything after, across a wo
   const env = await testEnv(t);
   const s3 = await startS3();
   t.teardown(() => s3.close());
-  await s3Pool(env, s3, { name: 'backup' });
   await setSetting(env, 's3_backup_enabled', true);
   await setSetting(env, 's3_backup_delay_minutes', 0.25); // 15 s keeps the test short; minutes are fractional-capable
   const api = await spawnNode(env, { roles: ['api', 'storage', 'projector'] });
   t.teardown(() => api.stop());
+  await s3Pool(env, s3, { name: 'backup' });
   let worker = await spawnNode(env, { roles: ['worker'] });
   const user = await makeUser(env, 'premium');
   const started = Date.now();

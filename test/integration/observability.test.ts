@@ -102,20 +102,23 @@ t.test('metrics', async (t) => {
   });
 
   await t.test('queue lag rises during a burst and drains to 0', async (t) => {
-    const images = await Promise.all(Array.from({ length: 10 }, () => noiseJpeg(1600, 1200)));
+    const images = await Promise.all(Array.from({ length: 10 }, () => noiseJpeg(1280, 960)));
+    const headBefore = value(await scrape(), 'pixelfox_stream_last_seq') ?? 0;
     let maxPending = 0;
     let burstDone = false;
     const idle = (s: Sample[]) =>
       value(s, 'pixelfox_consumer_pending_messages', processor) === 0 &&
       value(s, 'pixelfox_consumer_ack_pending_messages', processor) === 0;
-    // Scrape all along, so the rise is seen while uploads are still arriving; stop once it is seen
-    // (or when everything drained without it: the assertion below then fails).
+    // Scrape all along, so the rise is seen while uploads are still arriving; stop once it is seen, or
+    // when a reading taken after the whole burst was stored shows the queue empty (the assertion below
+    // then fails). Readings are cached for 2 s, so "after the burst" is judged by the stream head.
     const watcher = (async () => {
       const deadline = Date.now() + 120_000;
       while (maxPending < 3 && Date.now() < deadline) {
         const s = await scrape();
         maxPending = Math.max(maxPending, value(s, 'pixelfox_consumer_pending_messages', processor) ?? 0);
-        if (burstDone && idle(s)) break;
+        const afterBurst = (value(s, 'pixelfox_stream_last_seq') ?? 0) >= headBefore + 10;
+        if (burstDone && afterBurst && idle(s)) break;
         await new Promise((r) => setTimeout(r, 100));
       }
     })();

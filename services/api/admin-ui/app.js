@@ -146,11 +146,16 @@ function render(o) {
 
   replaceRows(
     $('consumers'),
-    o.consumers.map((c) =>
+    (o.consumers ?? []).map((c) =>
       h(
         'tr',
         { 'data-consumer': c.name },
-        h('td', { title: `${c.name}: ${c.filter}` }, c.kind, c.node ? h('span', { class: 'muted' }, ` @ ${c.node}`) : null),
+        h(
+          'td',
+          { title: `${c.name}: ${c.filter}` },
+          c.kind,
+          c.node ? h('span', { class: 'muted' }, ` @ ${c.node}`) : null,
+        ),
         h('td', { class: `num${c.pending > 0 ? ' hot' : ''}`, 'data-pending': c.pending }, c.pending),
         h('td', { class: 'num' }, c.ack_pending),
         h('td', { class: `num${c.redelivered > 0 ? ' hot' : ''}` }, c.redelivered),
@@ -158,7 +163,7 @@ function render(o) {
       ),
     ),
     5,
-    'No consumers.',
+    o.consumers ? 'No consumers.' : 'JetStream could not be asked.',
   );
   $('projector').replaceChildren(
     o.projector
