@@ -178,8 +178,8 @@ t.test('camera photos, orientation, GPS, plans, broken files', async (t) => {
     );
   });
 
-  const leftovers = (await fs.readdir(poolDir, { recursive: true })).filter((f) =>
-    /\.tmp$|\.part$/.test(String(f)),
+  const leftovers = (await fs.readdir(poolDir, { recursive: true })).filter(
+    (f) => String(f) !== '.tmp' && /\.tmp$|\.part$/.test(String(f)),
   );
   t.same(leftovers, [], 'no temp files left anywhere in the pool');
 });
