@@ -1,5 +1,6 @@
 // The image resource as API consumers see it, assembled from the read models.
 import type { Sql } from '../../shared/db.js';
+import { poolKey } from '../../shared/s3/client.js';
 
 export interface ImageRow {
   id: string;
@@ -23,6 +24,10 @@ export interface ImageRow {
   processed_at: Date | null;
   deleted_at: Date | null;
   public_base_url: string | null;
+  /** of the image's pool (null when the pool row is gone) */
+  storage_type: string | null;
+  s3_prefix: string | null;
+  s3_private: boolean | null;
 }
 
 export interface VariantRow {
@@ -35,6 +40,9 @@ export interface VariantRow {
   path: string;
   storage_pool_id: string;
   public_base_url: string | null;
+  storage_type: string | null;
+  s3_prefix: string | null;
+  s3_private: boolean | null;
 }
 
 export interface MetadataRow {
@@ -80,14 +88,13 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 export async function loadImageView(sql: Sql, id: string): Promise<ImageView | null> {
   if (!UUID.test(id)) return null;
   const [imageRows, variants, metadata, backups] = await Promise.all([
-    sql<
-      ImageRow[]
-    >`select i.*, p.public_base_url from images i left join storage_pools p on p.id = i.storage_pool_id
+    sql<ImageRow[]>`select i.*, p.public_base_url, p.storage_type, p.s3_prefix, p.s3_private
+                    from images i left join storage_pools p on p.id = i.storage_pool_id
                     where i.id = ${id}`,
     sql<
       VariantRow[]
     >`select v.variant_type, v.format, v.size_name, v.width, v.height, v.bytes, v.path, v.storage_pool_id,
-                             p.public_base_url
+                             p.public_base_url, p.storage_type, p.s3_prefix, p.s3_private
                       from image_variants v left join storage_pools p on p.id = v.storage_pool_id
                       where v.image_id = ${id} order by v.size_name, v.variant_type`,
     sql<
@@ -109,14 +116,33 @@ export function fileUrl(publicBaseUrl: string | null, fallback: string, rel: str
   return `${publicBaseUrl ?? fallback}/uploads/${rel}`;
 }
 
+export interface PoolUrlInfo {
+  public_base_url: string | null;
+  storage_type: string | null;
+  s3_prefix: string | null;
+  s3_private?: boolean | null;
+}
+
+/**
+ * The URL of a stored file. Node pools serve `<public_base_url>/uploads/<path>`; a public S3 pool is
+ * read straight from the bucket (`<public_base_url>/<key>`, the key with the pool's prefix); a private
+ * one (s3_private, or no public_base_url) through `<PUBLIC_DOMAIN>/uploads/<path>`, which redirects to a
+ * short-lived presigned URL.
+ */
+export function poolFileUrl(p: PoolUrlInfo, publicDomain: string, rel: string): string {
+  if (p.storage_type !== 's3') return fileUrl(p.public_base_url, publicDomain, rel);
+  if (p.s3_private === true || !p.public_base_url) return `${publicDomain}/uploads/${rel}`;
+  return `${p.public_base_url}/${poolKey({ prefix: p.s3_prefix ?? '' }, rel)}`;
+}
+
 export function presentImage(v: ImageView, publicDomain: string, opts: { includeExif?: boolean } = {}) {
   const i = v.image;
   return {
     image_uuid: i.id,
     status: i.status,
-    complete: i.status === 'completed' || i.status === 'failed',
+    complete: i.status === 'completed',
     status_reason: i.status_reason,
-    url: fileUrl(i.public_base_url, publicDomain, i.stored_path),
+    url: poolFileUrl(i, publicDomain, i.stored_path),
     view_url: `${publicDomain}/i/${i.share_link}`,
     share_link: i.share_link,
     width: i.width,
@@ -135,7 +161,7 @@ export function presentImage(v: ImageView, publicDomain: string, opts: { include
       width: x.width,
       height: x.height,
       bytes: x.bytes,
-      url: fileUrl(x.public_base_url, publicDomain, x.path),
+      url: poolFileUrl(x, publicDomain, x.path),
     })),
     metadata: v.metadata
       ? {

@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import Fastify, {
+  LogController,
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
@@ -52,6 +53,10 @@ export function buildApp(log: Logger): App {
     requestTimeout: 15 * 60_000,
     keepAliveTimeout: 10_000,
     http: { maxHeaderSize: 16 * 1024 },
+    // While closing, requests get our 503 error shape (the onRequest hook below), not fastify's own.
+    return503OnClosing: false,
+    // One log line per request (below, onResponse) instead of fastify's two.
+    logController: new LogController({ disableRequestLogging: true }),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
@@ -88,9 +93,30 @@ export function buildApp(log: Logger): App {
   app.addSchema(ImageSchema);
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
   app.addHook('onRequest', async (req, reply) => {
     reply.header('x-content-type-options', 'nosniff');
     reply.header('x-request-id', req.id);
+    // Shutting down: no new work, in the one error shape (fastify already set `connection: close`).
+    if (closing)
+      return reply
+        .status(503)
+        .header('retry-after', '1')
+        .send(errorBody('shutting_down', 'this node is shutting down; retry shortly'));
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    req.log.info(
+      {
+        req: { method: req.method, url: req.url, ip: req.ip },
+        res: { statusCode: reply.statusCode },
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+      },
+      'request',
+    );
   });
 
   app.setErrorHandler((err: FastifyError | AppError | Error, req, reply) => {
