@@ -2,7 +2,7 @@
 // doing the same outputs one process per output, plus sharp's clone() as the other decode strategy,
 // and an AVIF engine comparison (sharp/aom vs ffmpeg/SVT-AV1) on speed, bytes and SSIM.
 //
-//   node --import tsx bench/variants.ts [--runs 3] [--input path/to/photo.jpg] [--no-write]
+//   node --import tsx bench/variants.ts [--runs 5] [--input path/to/photo.jpg] [--no-write]
 //
 // sharp is imported here only to measure (SSIM, and the clone() strategy as a comparison); the
 // service's processing stays in media.ts.
@@ -12,9 +12,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
+import * as prettier from 'prettier';
 import sharp from 'sharp';
 import {
   DEFAULT_AVIF_ENGINE,
+  DEFAULT_PARALLEL_OUTPUTS,
   ENCODER_SETTINGS,
   configureMedia,
   detectAvifEngines,
@@ -41,7 +43,7 @@ const DATE_PATH = '2024/01/01';
 export interface VariantBenchOptions {
   /** input photo (default: the 8 MP Jolla phone JPEG from the fixtures) */
   input?: string;
-  /** timed runs per configuration; the median is reported (default 3, after one warm-up) */
+  /** timed runs per configuration; the median is reported (default 5, after one warm-up) */
   runs?: number;
   /** libvips threads for our runs (default: all cores, as the vips CLI uses) */
   concurrency?: number;
@@ -52,7 +54,10 @@ export interface VariantBenchOptions {
 
 export interface TimedConfig {
   name: string;
+  /** median wall time */
   msPerImage: number;
+  /** median CPU time (user + system, this process and its children) */
+  cpuMsPerImage: number;
   runs: number[];
 }
 
@@ -62,31 +67,46 @@ export interface VariantBenchResult {
   height: number;
   pipelines: TimedConfig[];
   baselineMs: number;
+  baselineCpuMs: number;
+  /** decode once into a raw buffer (ours) vs sharp clone() per output, same outputs */
+  decodeStrategy: { input: string; raw: TimedConfig | undefined; clone: TimedConfig | undefined }[];
   bytes: Record<string, Record<string, number>>;
   ssim: Record<string, { webp: number | null; avif: number | null }>;
   avifEngines: {
     name: string;
     engine: AvifEngine;
     msPerImage: number;
+    cpuMsPerImage: number;
     bytes: number;
     ssim1024: number;
     ssimFull: number;
     runs: number;
   }[];
   peakRssMiB: number;
+  /** 1-minute load average before and after the run: other work on the machine skews the timings */
+  load: { before: number; after: number };
   /** full variant set rendered once in a fresh process per AVIF engine */
-  memory: { engine: AvifEngine; ms: number; nodeMaxRssMiB: number; childMaxRssMiB: number | null }[];
+  memory: {
+    engine: AvifEngine;
+    parallel: number;
+    ms: number;
+    nodeMaxRssMiB: number;
+    childMaxRssMiB: number | null;
+  }[];
   markdown: string;
 }
 
 export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<VariantBenchResult> {
   const log = opts.log ?? ((line: string) => console.log(line));
   const input = path.resolve(opts.input ?? DEFAULT_INPUT);
-  const runs = Math.max(1, opts.runs ?? 3);
-  const concurrency = opts.concurrency ?? os.availableParallelism();
+  const runs = Math.max(1, opts.runs ?? 5);
+  const defaultConcurrency = sharp.concurrency();
+  // what production runs with unless the worker calls configureMedia: sharp's own default
+  const concurrency = opts.concurrency ?? defaultConcurrency;
+  const altConcurrency = concurrency === os.availableParallelism() ? 1 : os.availableParallelism();
   const work = await mkdtemp(path.join(os.tmpdir(), 'pixelfox-variant-bench-'));
   const engines = await detectAvifEngines();
-  const defaultConcurrency = sharp.concurrency();
+  const loadBefore = os.loadavg()[0] ?? 0;
   configureMedia({ concurrency });
 
   try {
@@ -116,12 +136,15 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
       label: string,
       only?: VariantSpec[],
       encoders?: Partial<EncoderSettings>,
+      src = input,
+      parallel = DEFAULT_PARALLEL_OUTPUTS,
     ) => {
       const dir = await freshDir(label);
       const started = performance.now();
-      const p = await probeImage(input);
-      const out = await renderVariants(input, p, only ?? specs, (rel) => path.join(dir, rel), {
+      const p = await probeImage(src);
+      const out = await renderVariants(src, p, only ?? specs, (rel) => path.join(dir, rel), {
         avifEngine: engine,
+        parallel,
         ...(encoders ? { encoders } : {}),
       });
       return { ms: performance.now() - started, out, dir };
@@ -151,22 +174,47 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
         },
       });
     }
-    if (defaultConcurrency !== concurrency) {
-      configs.push({
-        name: `ours, AVIF via sharp, sharp.concurrency(${defaultConcurrency}) (sharp's default here)`,
-        once: async () => {
-          configureMedia({ concurrency: defaultConcurrency });
-          try {
-            return (await ours('sharp', 'ours-sharp-c1')).ms;
-          } finally {
-            configureMedia({ concurrency });
-          }
-        },
-      });
-    }
+    configs.push({
+      name: 'ours, AVIF via sharp, one output at a time',
+      once: async () => (await ours('sharp', 'ours-sharp-seq', undefined, undefined, input, 1)).ms,
+    });
+    configs.push({
+      name: `ours, AVIF via sharp, sharp.concurrency(${altConcurrency})`,
+      once: async () => {
+        configureMedia({ concurrency: altConcurrency });
+        try {
+          return (await ours('sharp', 'ours-sharp-alt')).ms;
+        } finally {
+          configureMedia({ concurrency });
+        }
+      },
+    });
+    // The same photo as a PNG: no shrink-on-load, a costlier decode, so re-decoding per output shows.
+    const png = path.join(work, 'input.png');
+    await sharp(input).autoOrient().png().toFile(png);
+    const pngSpecs = planVariants(
+      { imageId: IMAGE_ID, datePath: DATE_PATH, format: 'png', width: probe.width, height: probe.height },
+      { original: true, webp: true, avif: true },
+    );
+    const CLONE_JPEG = 'sharp clone() per output (re-decodes the file)';
+    const OURS_PNG = 'PNG input: ours, decode once';
+    const CLONE_PNG = 'PNG input: sharp clone() per output';
     configs.push(
       {
-        name: 'sharp clone() per output (re-decodes the file)',
+        name: OURS_PNG,
+        once: async () => (await ours('sharp', 'ours-png', pngSpecs, undefined, png)).ms,
+      },
+      {
+        name: CLONE_PNG,
+        once: async () => {
+          const dir = await freshDir('clone-png');
+          const started = performance.now();
+          await cloneStrategy(png, pngSpecs, dir);
+          return performance.now() - started;
+        },
+      },
+      {
+        name: CLONE_JPEG,
         once: async () => {
           const dir = await freshDir('clone');
           const started = performance.now();
@@ -188,10 +236,22 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
         },
       },
     );
-    const pipelines = await timeInterleaved(configs, runs, log);
-    const baseline = pipelines.find((p) => p.name === BASELINE) ?? {
+    const timed = await timeInterleaved(configs, runs, log);
+    const decodeNames = [OURS_PNG, CLONE_PNG, CLONE_JPEG];
+    const pipelines = timed.filter((p) => !decodeNames.includes(p.name));
+    const byName = (name: string): TimedConfig | undefined => timed.find((p) => p.name === name);
+    const decodeStrategy: VariantBenchResult['decodeStrategy'] = [
+      { input: `JPEG (${specs.length} outputs)`, raw: pipelines[0], clone: byName(CLONE_JPEG) },
+      {
+        input: `PNG of the same photo (${pngSpecs.length} outputs)`,
+        raw: byName(OURS_PNG),
+        clone: byName(CLONE_PNG),
+      },
+    ];
+    const baseline: TimedConfig = timed.find((p) => p.name === BASELINE) ?? {
       name: BASELINE,
       msPerImage: Number.NaN,
+      cpuMsPerImage: Number.NaN,
       runs: [],
     };
     const vipsDir = vipsDirs.at(-1) ?? '';
@@ -267,12 +327,6 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
           encoders: { avifSvt: { ...svt, crf: 28 } },
           runs,
         },
-        {
-          name: `ffmpeg SVT-AV1 preset 8 crf ${svt.crf}`,
-          engine: 'ffmpeg',
-          encoders: { avifSvt: { ...svt, preset: 8 } },
-          runs,
-        },
       );
     }
     const lastAvif = new Map<string, Awaited<ReturnType<typeof ours>>>();
@@ -299,6 +353,7 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
         name: c.name,
         engine: c.engine,
         msPerImage: avifTimes[i]?.msPerImage ?? Number.NaN,
+        cpuMsPerImage: avifTimes[i]?.cpuMsPerImage ?? Number.NaN,
         bytes: last?.out[0]?.bytes ?? 0,
         ssim1024: ssim(reference1024, await grey(file, 1024)),
         ssimFull: ssim(referenceFull, await grey(file, null)),
@@ -307,10 +362,16 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
     }
 
     const memory: VariantBenchResult['memory'] = [];
-    for (const engine of engines.ffmpeg ? (['sharp', 'ffmpeg'] as const) : (['sharp'] as const)) {
-      const m = await measureMemory(engine, input, concurrency);
+    const memCases: [AvifEngine, number][] = [
+      ['sharp', 1],
+      ['sharp', DEFAULT_PARALLEL_OUTPUTS],
+      ...(engines.ffmpeg ? [['ffmpeg', DEFAULT_PARALLEL_OUTPUTS] as [AvifEngine, number]] : []),
+    ];
+    for (const [engine, parallel] of memCases) {
+      const m = await measureMemory(engine, parallel, input, concurrency);
       log(
-        `memory, AVIF via ${engine}: node ${m.nodeMaxRssMiB} MiB, encoder child ${m.childMaxRssMiB ?? '–'} MiB, ${m.ms} ms`,
+        `memory, AVIF via ${engine}, ${parallel} at once: node ${m.nodeMaxRssMiB} MiB, ` +
+          `encoder child ${m.childMaxRssMiB ?? '–'} MiB, ${m.ms} ms`,
       );
       memory.push(m);
     }
@@ -322,17 +383,27 @@ export async function runVariantBench(opts: VariantBenchOptions = {}): Promise<V
       height: probe.height,
       pipelines,
       baselineMs: baseline.msPerImage,
+      baselineCpuMs: baseline.cpuMsPerImage,
+      decodeStrategy,
       bytes,
       ssim: ssimTable,
       avifEngines,
       peakRssMiB,
+      load: { before: loadBefore, after: os.loadavg()[0] ?? 0 },
       memory,
     };
-    const markdown = await renderMarkdown(result, { runs, concurrency, defaultConcurrency, specs });
-    log('');
-    log(markdown);
     const resultsPath =
       opts.resultsPath === undefined ? path.join(HERE, 'RESULTS-variants.md') : opts.resultsPath;
+    // formatted like every other file in the repo, so `prettier --check .` stays green
+    const markdown = await prettier.format(
+      await renderMarkdown(result, { runs, concurrency, defaultConcurrency, specs }),
+      {
+        ...(await prettier.resolveConfig(resultsPath ?? path.join(HERE, 'RESULTS-variants.md'))),
+        parser: 'markdown',
+      },
+    );
+    log('');
+    log(markdown);
     if (resultsPath) {
       await writeFile(resultsPath, markdown);
       log(`written to ${path.relative(process.cwd(), resultsPath)}`);
@@ -361,23 +432,53 @@ async function timeInterleaved(
   log: (line: string) => void,
 ): Promise<TimedConfig[]> {
   for (const c of configs) await c.once(); // warm-up: library initialisation, page cache
-  const samples = configs.map((): number[] => []);
+  const wall = configs.map((): number[] => []);
+  const cpu = configs.map((): number[] => []);
   for (let round = 0; round < runs; round++) {
     for (const [i, c] of configs.entries()) {
-      if (round < (c.runs ?? runs)) samples[i]?.push(await c.once());
+      if (round >= (c.runs ?? runs)) continue;
+      const cpuBefore = await cpuTimeMs();
+      wall[i]?.push(await c.once());
+      cpu[i]?.push((await cpuTimeMs()) - cpuBefore);
     }
   }
   return configs.map((c, i) => {
-    const xs = samples[i] ?? [];
-    const cfg = { name: c.name, msPerImage: median(xs), runs: xs.map(Math.round) };
-    log(`${c.name.padEnd(64)} ${cfg.msPerImage.toFixed(0).padStart(6)} ms  (${cfg.runs.join(', ')})`);
+    const xs = wall[i] ?? [];
+    const cfg = {
+      name: c.name,
+      msPerImage: median(xs),
+      cpuMsPerImage: median(cpu[i] ?? []),
+      runs: xs.map(Math.round),
+    };
+    log(
+      `${c.name.padEnd(64)} ${cfg.msPerImage.toFixed(0).padStart(6)} ms, ` +
+        `${cfg.cpuMsPerImage.toFixed(0).padStart(6)} ms CPU  (${cfg.runs.join(', ')})`,
+    );
     return cfg;
   });
+}
+
+/**
+ * CPU time so far of this process (all threads, so libvips' too) plus its reaped children (vips CLI,
+ * ffmpeg), from /proc/self/stat utime+stime+cutime+cstime in USER_HZ ticks (100 per second on
+ * Linux). Unlike wall time it barely moves when other work shares the machine. Elsewhere: this
+ * process only.
+ */
+async function cpuTimeMs(): Promise<number> {
+  const stat = await readFile('/proc/self/stat', 'utf8').catch(() => null);
+  if (stat) {
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields[0] is field 3 (state)
+    const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i] ?? 0), 0);
+    return ticks * 10;
+  }
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
 }
 
 /** Renders the full set once in a fresh process (this file with --mem-child) and reads its peak RSS. */
 async function measureMemory(
   engine: AvifEngine,
+  parallel: number,
   input: string,
   concurrency: number,
 ): Promise<VariantBenchResult['memory'][number]> {
@@ -385,23 +486,33 @@ async function measureMemory(
   const args = [
     ...process.execArgv,
     self,
-    '--mem-child',
-    engine,
-    '--input',
-    input,
-    '--concurrency',
-    String(concurrency),
+    ...[
+      '--mem-child',
+      engine,
+      '--parallel',
+      String(parallel),
+      '--input',
+      input,
+      '--concurrency',
+      String(concurrency),
+    ],
   ];
   const { stdout } = await run(process.execPath, args, { maxBuffer: 1 << 20 });
   const last = stdout.trim().split('\n').at(-1) ?? '{}';
-  return { engine, ...(JSON.parse(last) as Omit<VariantBenchResult['memory'][number], 'engine'>) };
+  const parsed = JSON.parse(last) as Omit<VariantBenchResult['memory'][number], 'engine' | 'parallel'>;
+  return { engine, parallel, ...parsed };
 }
 
 /**
  * --mem-child: render once, print { ms, nodeMaxRssMiB, childMaxRssMiB }. An encoder child's peak
  * (ffmpeg/SVT-AV1) is sampled from /proc/<pid>/status VmHWM while it runs (Linux; null elsewhere).
  */
-async function memChild(engine: AvifEngine, input: string, concurrency: number): Promise<void> {
+async function memChild(
+  engine: AvifEngine,
+  parallel: number,
+  input: string,
+  concurrency: number,
+): Promise<void> {
   configureMedia({ concurrency });
   const dir = await mkdtemp(path.join(os.tmpdir(), 'pixelfox-variant-mem-'));
   let childPeakKiB: number | null = null;
@@ -411,6 +522,7 @@ async function memChild(engine: AvifEngine, input: string, concurrency: number):
       const children = await readFile(`/proc/${process.pid}/task/${tid}/children`, 'utf8').catch(() => '');
       for (const pid of children.split(' ').filter(Boolean)) {
         const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+        if (!/^Name:\s+ffmpeg$/m.test(status)) continue; // not tsx's esbuild service
         const hwm = /VmHWM:\s+(\d+) kB/.exec(status)?.[1];
         if (hwm) childPeakKiB = Math.max(childPeakKiB ?? 0, Number(hwm));
       }
@@ -430,7 +542,7 @@ async function memChild(engine: AvifEngine, input: string, concurrency: number):
       },
       { original: true, webp: true, avif: true },
     );
-    await renderVariants(input, probe, specs, (rel) => path.join(dir, rel), { avifEngine: engine });
+    await renderVariants(input, probe, specs, (rel) => path.join(dir, rel), { avifEngine: engine, parallel });
     const ms = Math.round(performance.now() - started);
     // VmHWM, not getrusage's maxRSS: Linux carries ru_maxrss across fork+exec, so a child spawned by a
     // large parent would report the parent's size.
@@ -470,11 +582,14 @@ function vipsCommands(input: string, specs: VariantSpec[], dir: string): [string
   return cmds;
 }
 
-/** The alternative decode strategy: one sharp pipeline per output via clone() of a file input. */
+/**
+ * The alternative decode strategy: one sharp pipeline per output via clone() of a file input, with
+ * as many outputs in flight as renderVariants uses, so only the decode strategy differs.
+ */
 async function cloneStrategy(input: string, specs: VariantSpec[], dir: string): Promise<void> {
   const base = sharp(input, { failOn: 'error', sequentialRead: true }).autoOrient();
   const sh = ENCODER_SETTINGS;
-  for (const spec of specs) {
+  const one = async (spec: VariantSpec): Promise<void> => {
     let img = base.clone();
     if (spec.maxWidth !== null) img = img.resize({ width: spec.maxWidth, withoutEnlargement: true });
     switch (spec.format) {
@@ -501,7 +616,15 @@ async function cloneStrategy(input: string, specs: VariantSpec[], dir: string): 
     const out = path.join(dir, spec.relPath);
     await mkdir(path.dirname(out), { recursive: true });
     await writeFile(out, await img.toBuffer());
-  }
+  };
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < specs.length) {
+      const spec = specs[next++];
+      if (spec) await one(spec);
+    }
+  };
+  await Promise.all(Array.from({ length: DEFAULT_PARALLEL_OUTPUTS }, lane));
 }
 
 interface Grey {
@@ -608,14 +731,20 @@ async function renderMarkdown(
   lines.push(
     `Machine: ${os.availableParallelism()} cores (${cpu}), ${ramGiB} GiB RAM, ${os.platform()} ${os.release()}; Node ${process.version}; ` +
       `sharp ${sharp.versions.sharp ?? '?'} with libvips ${sharp.versions.vips}; CLI: ${await versionOf('vips', ['--version'])}; ` +
-      `${(await versionOf('ffmpeg', ['-hide_banner', '-version'])).replace(/ Copyright.*/, '')}. Date: ${new Date().toISOString().slice(0, 10)}.`,
+      `${(await versionOf('ffmpeg', ['-hide_banner', '-version'])).replace(/ Copyright.*/, '')}. Date: ${new Date().toISOString().slice(0, 10)}. ` +
+      `1-min load average ${r.load.before.toFixed(1)} before, ${r.load.after.toFixed(1)} after the run` +
+      (Math.max(r.load.before, r.load.after) > os.availableParallelism()
+        ? ' (busy machine: absolute times are inflated; compare the interleaved ratios).'
+        : '.'),
   );
   lines.push('');
   lines.push(
     `Input: \`${path.relative(ROOT, r.input)}\` (${r.width}×${r.height}, ${((r.width * r.height) / 1e6).toFixed(1)} MP). ` +
       `Outputs (${ctx.specs.length}): ${ctx.specs.map((s) => s.variantType).join(', ')}. ` +
       `Median of ${ctx.runs} runs after a warm-up; ours includes probe, decode, encode and the fsync'd atomic writes; ` +
-      `our runs use sharp.concurrency(${ctx.concurrency}) unless stated (the vips CLI uses all cores too).`,
+      `our runs use sharp.concurrency(${ctx.concurrency})${ctx.concurrency === ctx.defaultConcurrency ? " (sharp's default here, what the worker gets)" : ''} ` +
+      `unless stated (each vips CLI process uses all cores) and encode ` +
+      `${DEFAULT_PARALLEL_OUTPUTS} outputs at once, as does the clone() comparison; the vips CLI runs its commands one after another.`,
   );
   lines.push('');
   lines.push(
@@ -626,11 +755,28 @@ async function renderMarkdown(
   lines.push('');
   lines.push('### Full variant set, per image');
   lines.push('');
-  lines.push('| pipeline | ms / image | ratio to vips CLI | runs (ms) |');
-  lines.push('| --- | ---: | ---: | --- |');
+  lines.push('| pipeline | ms / image | ratio to vips CLI | CPU ms / image | CPU ratio | runs (ms) |');
+  lines.push('| --- | ---: | ---: | ---: | ---: | --- |');
   for (const p of r.pipelines) {
     lines.push(
-      `| ${p.name} | ${p.msPerImage.toFixed(0)} | ${(p.msPerImage / r.baselineMs).toFixed(2)}× | ${p.runs.join(', ')} |`,
+      `| ${p.name} | ${p.msPerImage.toFixed(0)} | ${(p.msPerImage / r.baselineMs).toFixed(2)}× | ` +
+        `${p.cpuMsPerImage.toFixed(0)} | ${(p.cpuMsPerImage / r.baselineCpuMs).toFixed(2)}× | ${p.runs.join(', ')} |`,
+    );
+  }
+  lines.push('');
+  lines.push('### Decode once vs sharp clone()');
+  lines.push('');
+  lines.push(
+    '| input | decode once, raw buffer: ms (CPU ms) | clone() per output: ms (CPU ms) | raw / clone, wall | raw / clone, CPU |',
+  );
+  lines.push('| --- | ---: | ---: | ---: | ---: |');
+  const f0 = (n: number | undefined): string => (n === undefined || Number.isNaN(n) ? '–' : n.toFixed(0));
+  for (const d of r.decodeStrategy) {
+    const [raw, clone] = [d.raw, d.clone];
+    lines.push(
+      `| ${d.input} | ${f0(raw?.msPerImage)} (${f0(raw?.cpuMsPerImage)}) | ${f0(clone?.msPerImage)} (${f0(clone?.cpuMsPerImage)}) | ` +
+        `${raw && clone ? (raw.msPerImage / clone.msPerImage).toFixed(2) : '–'}× | ` +
+        `${raw && clone ? (raw.cpuMsPerImage / clone.cpuMsPerImage).toFixed(2) : '–'}× |`,
     );
   }
   lines.push('');
@@ -650,20 +796,21 @@ async function renderMarkdown(
   lines.push('');
   lines.push('### AVIF engines (full-size AVIF only)');
   lines.push('');
-  lines.push('| engine / settings | ms / image | KiB | SSIM @1024 | SSIM full res | runs |');
-  lines.push('| --- | ---: | ---: | ---: | ---: | ---: |');
+  lines.push('| engine / settings | ms / image | CPU ms / image | KiB | SSIM @1024 | SSIM full res | runs |');
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const e of r.avifEngines) {
     lines.push(
-      `| ${e.name} | ${e.msPerImage.toFixed(0)} | ${kb(e.bytes)} | ${f3(e.ssim1024)} | ${f3(e.ssimFull)} | ${e.runs} |`,
+      `| ${e.name} | ${e.msPerImage.toFixed(0)} | ${e.cpuMsPerImage.toFixed(0)} | ${kb(e.bytes)} | ${f3(e.ssim1024)} | ${f3(e.ssimFull)} | ${e.runs} |`,
     );
   }
   lines.push('');
   lines.push('### Memory: the full set rendered once in a fresh process');
   lines.push('');
-  lines.push('| AVIF engine | ms | node peak RSS (MiB) | encoder child peak RSS (MiB) |');
-  lines.push('| --- | ---: | ---: | ---: |');
-  for (const m of r.memory)
-    lines.push(`| ${m.engine} | ${m.ms} | ${m.nodeMaxRssMiB} | ${m.childMaxRssMiB ?? '–'} |`);
+  lines.push('| AVIF engine | outputs at once | ms | node peak RSS (MiB) | encoder child peak RSS (MiB) |');
+  lines.push('| --- | ---: | ---: | ---: | ---: |');
+  for (const m of r.memory) {
+    lines.push(`| ${m.engine} | ${m.parallel} | ${m.ms} | ${m.nodeMaxRssMiB} | ${m.childMaxRssMiB ?? '–'} |`);
+  }
   lines.push('');
   lines.push(`Peak RSS of the whole benchmark process: ${r.peakRssMiB.toFixed(0)} MiB.`);
   lines.push('');
@@ -672,13 +819,11 @@ async function renderMarkdown(
 
 /** Findings computed from this run's numbers, so a re-run cannot leave stale prose behind. */
 function summary(r: Omit<VariantBenchResult, 'markdown'>): string[] {
-  const byName = (prefix: string): TimedConfig | undefined =>
-    r.pipelines.find((p) => p.name.startsWith(prefix));
-  const oursDefault = byName(
-    `ours, decode once, AVIF via ${DEFAULT_AVIF_ENGINE === 'sharp' ? 'sharp' : 'ffmpeg'}`,
+  const oursDefault = r.pipelines.find((p) =>
+    p.name.startsWith(`ours, decode once, AVIF via ${DEFAULT_AVIF_ENGINE}`),
   );
-  const clone = byName('sharp clone()');
   const ratio = oursDefault ? oursDefault.msPerImage / r.baselineMs : Number.NaN;
+  const cpuRatio = oursDefault ? oursDefault.cpuMsPerImage / r.baselineCpuMs : Number.NaN;
   const ssims = Object.values(r.ssim)
     .flatMap((s) => [s.webp, s.avif])
     .filter((x): x is number => x !== null);
@@ -694,12 +839,16 @@ function summary(r: Omit<VariantBenchResult, 'markdown'>): string[] {
     '**Summary**',
     '',
     `- Our full set (default AVIF engine \`${DEFAULT_AVIF_ENGINE}\`) takes **${ratio.toFixed(2)}×** the vips CLI's time ` +
-      `(target ≤ 1.0×: ${ratio <= 1 ? 'met' : 'not met'}).`,
+      `(target ≤ 1.0×: ${ratio <= 1 ? 'met' : 'not met'}) and **${cpuRatio.toFixed(2)}×** its CPU time.`,
   ];
-  if (oursDefault && clone) {
+  for (const d of r.decodeStrategy) {
+    if (!d.raw || !d.clone) continue;
+    const q = d.raw.msPerImage / d.clone.msPerImage;
+    const qc = d.raw.cpuMsPerImage / d.clone.cpuMsPerImage;
+    const verdict = (x: number): string => (x < 0.95 ? 'less' : x > 1.05 ? 'more' : 'about the same');
     out.push(
-      `- Decode once into a raw buffer vs sharp \`clone()\` (which re-decodes the file per output): ` +
-        `${(oursDefault.msPerImage / clone.msPerImage).toFixed(2)}× the time, so media.ts uses the raw buffer.`,
+      `- ${d.input}: decoding once into a raw buffer takes ${verdict(q)} time than sharp \`clone()\` ` +
+        `(${q.toFixed(2)}× wall) and ${verdict(qc)} CPU (${qc.toFixed(2)}×).`,
     );
   }
   out.push(
@@ -707,21 +856,25 @@ function summary(r: Omit<VariantBenchResult, 'markdown'>): string[] {
   );
   for (const e of defaults) {
     out.push(
-      `- AVIF via ${e.engine} (${e.name.replace(/ \(default.*\)/, '')}): ${e.msPerImage.toFixed(0)} ms, ${(e.bytes / 1024).toFixed(1)} KiB, ` +
+      `- AVIF via ${e.engine} (${e.name.replace(/ \(default.*\)/, '')}): ${e.msPerImage.toFixed(0)} ms ` +
+        `(${e.cpuMsPerImage.toFixed(0)} ms CPU), ${(e.bytes / 1024).toFixed(1)} KiB, ` +
         `SSIM ${e.ssim1024.toFixed(4)}; peak memory for the whole set ${mem(e.engine)}.`,
     );
   }
   return out;
 }
 
-function parseArgs(argv: string[]): VariantBenchOptions & { memChild?: AvifEngine } {
-  const opts: VariantBenchOptions & { memChild?: AvifEngine } = {};
+type CliOptions = VariantBenchOptions & { memChild?: AvifEngine; parallel?: number };
+
+function parseArgs(argv: string[]): CliOptions {
+  const opts: CliOptions = {};
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--runs') opts.runs = Number(argv[++i]);
     else if (arg === '--input') opts.input = argv[++i] ?? DEFAULT_INPUT;
     else if (arg === '--concurrency') opts.concurrency = Number(argv[++i]);
     else if (arg === '--no-write') opts.resultsPath = null;
+    else if (arg === '--parallel') opts.parallel = Number(argv[++i]);
     else if (arg === '--mem-child') opts.memChild = argv[++i] === 'ffmpeg' ? 'ffmpeg' : 'sharp';
     else throw new Error(`unknown argument ${arg ?? ''}`);
   }
@@ -730,11 +883,12 @@ function parseArgs(argv: string[]): VariantBenchOptions & { memChild?: AvifEngin
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const args = parseArgs(process.argv.slice(2));
-  if (args.memChild)
+  if (args.memChild) {
     await memChild(
       args.memChild,
+      args.parallel ?? DEFAULT_PARALLEL_OUTPUTS,
       path.resolve(args.input ?? DEFAULT_INPUT),
-      args.concurrency ?? os.availableParallelism(),
+      args.concurrency ?? sharp.concurrency(),
     );
-  else await runVariantBench(args);
+  } else await runVariantBench(args);
 }

@@ -7,12 +7,14 @@
 // compare-and-set, so even two leaders could never apply the same event twice.
 import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
 import { decodeEvent } from '../streams/events/codec.js';
+import type { EventType } from '../streams/events/catalog.js';
 import type { Names } from '../streams/subjects.js';
-import type { Sql } from '../shared/db.js';
+import { transaction, type Sql } from '../shared/db.js';
 import type { Logger } from '../shared/logger.js';
 import { errorMessage } from '../shared/errors.js';
-import { evolveAll } from './read-models/index.js';
-import type { Evolve, Query } from './read-models/types.js';
+import { applyGroup, READ_MODELS } from './read-models/index.js';
+import type { Applied, Query, ReadModel } from './read-models/types.js';
+import { READ_MODEL_TABLES } from './schema.js';
 
 const LEADER_LOCK = 727_100;
 /** Held shared by every live batch, exclusively by a rebuild's switch-over (see ./rebuild.ts). */
@@ -36,7 +38,8 @@ export interface ProjectorOptions {
   schema?: string;
   checkpointName?: string;
   batchSize?: number;
-  evolve?: Evolve;
+  /** Read models to apply (default: all of READ_MODELS). */
+  models?: readonly ReadModel[];
   /** Stop once this sequence is applied (rebuilds); otherwise run until aborted. */
   stopAtSeq?: number;
   /** Skip leader election (rebuilds write into their own schema). */
@@ -50,6 +53,19 @@ export function newProjectorState(): ProjectorState {
 }
 
 class CheckpointMoved extends Error {}
+
+/**
+ * A rebuild (or a projector catching up) fills tables much faster than autovacuum notices (and it may
+ * be off): with the statistics of an empty table the planner takes, e.g., a partial index over the
+ * whole table for a lookup by key, and every statement gets slower as the table grows. So the tables
+ * are analyzed each time the events applied by this run have doubled: a handful of times per rebuild.
+ */
+const FIRST_ANALYZE = 5_000;
+
+async function analyze(sql: Sql, schema: string): Promise<void> {
+  const tables = Object.keys(READ_MODEL_TABLES).map((t) => `"${schema}"."${t}"`);
+  await sql.unsafe(`analyze ${tables.join(', ')}`);
+}
 
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
@@ -77,21 +93,40 @@ export async function readCheckpoint(sql: Sql, schema: string, name: string): Pr
   return Number(rows[0]?.last_seq ?? 0);
 }
 
+interface LockSession {
+  pid: number;
+  started: string;
+}
+
+/** Whether the backend of a reserved connection is still there (asked on another connection). */
+async function sessionAlive(sql: Sql, s: LockSession | null): Promise<boolean> {
+  if (!s) return false;
+  return sql`select 1 from pg_stat_activity where pid = ${s.pid} and backend_start::text = ${s.started}`.then(
+    (rows) => rows.length > 0,
+    () => false,
+  );
+}
+
 export async function runProjector(o: ProjectorOptions): Promise<void> {
   const schema = o.schema ?? 'rm';
   const name = o.checkpointName ?? 'main';
   const state = o.state ?? newProjectorState();
-  const evolve = o.evolve ?? evolveAll;
+  const models = o.models ?? Object.values(READ_MODELS);
   const batchSize = o.batchSize ?? 1000;
   const log = o.log.child({ component: 'projector', schema });
+  const stats = { nextAnalyzeAt: FIRST_ANALYZE, applied: 0 };
 
   while (!o.signal.aborted) {
     let lockConn: Awaited<ReturnType<Sql['reserve']>> | null = null;
+    let session: LockSession | null = null;
     try {
       if (!o.exclusive) {
         lockConn = await o.sql.reserve();
         state.connected = true;
-        const [row] = await lockConn`select pg_try_advisory_lock(${LEADER_LOCK}) as ok`;
+        const [row] = await lockConn<({ ok: boolean } & LockSession)[]>`
+          select pg_try_advisory_lock(${LEADER_LOCK}) as ok, pg_backend_pid() as pid,
+                 (select backend_start::text from pg_stat_activity where pid = pg_backend_pid()) as started`;
+        session = row ?? null;
         if (!row?.ok) {
           state.leader = false;
           lockConn.release();
@@ -102,7 +137,7 @@ export async function runProjector(o: ProjectorOptions): Promise<void> {
         state.leader = true;
         log.info('projector is the leader');
       }
-      const done = await follow(o, schema, name, state, evolve, batchSize, log);
+      const done = await follow(o, schema, name, state, models, batchSize, log, stats);
       if (done) return;
     } catch (err) {
       state.lastError = errorMessage(err);
@@ -110,7 +145,11 @@ export async function runProjector(o: ProjectorOptions): Promise<void> {
       if (!(err instanceof CheckpointMoved)) log.warn({ err }, 'projector interrupted; retrying');
       await sleep(1000, o.signal);
     } finally {
-      if (lockConn) {
+      // postgres.js 3.4.9 puts a reserved connection that closed meanwhile back among the open ones on
+      // release(), and the next query on it writes to a null socket: an uncatchable TypeError that kills
+      // the process (porsager/postgres#1208). The pool took a closed connection back by itself, and its
+      // session and lock died with it, so only a live session is unlocked and released.
+      if (lockConn && (await sessionAlive(o.sql, session))) {
         await lockConn`select pg_advisory_unlock(${LEADER_LOCK})`.catch(() => undefined);
         lockConn.release();
       }
@@ -119,15 +158,20 @@ export async function runProjector(o: ProjectorOptions): Promise<void> {
   }
 }
 
-/** Applies events from the checkpoint on; returns true when stopAtSeq was reached. */
+/**
+ * Applies events from the checkpoint on; returns true when stopAtSeq was reached. While one batch is
+ * being applied by Postgres, the next is received and decoded here (at most one batch in flight: each
+ * transaction moves the checkpoint from where the previous one left it).
+ */
 async function follow(
   o: ProjectorOptions,
   schema: string,
   name: string,
   state: ProjectorState,
-  evolve: Evolve,
+  models: readonly ReadModel[],
   batchSize: number,
   log: Logger,
+  stats: { nextAnalyzeAt: number; applied: number },
 ): Promise<boolean> {
   let lastSeq = await readCheckpoint(o.sql, schema, name);
   state.lastSeq = lastSeq;
@@ -142,25 +186,122 @@ async function follow(
   const messages = await consumer.consume({ max_messages: Math.max(batchSize * 2, 256) });
   const stop = () => void messages.stop();
   o.signal.addEventListener('abort', stop, { once: true });
-  let batch: { seq: number; data: Uint8Array }[] = [];
+  let batch: Applied[] = [];
+  let received = 0;
+  let inFlight: { done: Promise<number>; count: number } | null = null;
+  /** Waits for the batch in flight to commit (rethrowing its error). */
+  const settle = async () => {
+    if (!inFlight) return;
+    const { done, count } = inFlight;
+    inFlight = null;
+    lastSeq = await done;
+    state.lastSeq = lastSeq;
+    state.appliedEvents += count;
+    stats.applied += count;
+    if (stats.applied >= stats.nextAnalyzeAt) {
+      stats.nextAnalyzeAt *= 2;
+      await analyze(o.sql, schema);
+    }
+    o.onBatch?.(lastSeq, count);
+  };
   try {
     for await (const m of messages) {
-      batch.push({ seq: m.seq, data: m.data });
+      received++;
+      try {
+        batch.push({ seq: m.seq, event: decodeEvent(m.data) });
+      } catch (err) {
+        // Projections never reject an event: an undecodable one is logged and skipped.
+        log.error({ err, seq: m.seq }, 'skipping undecodable event');
+      }
       const reachedStop = o.stopAtSeq !== undefined && m.seq >= o.stopAtSeq;
-      if (batch.length < batchSize && m.info.pending > 0 && !reachedStop) continue;
-      lastSeq = await applyBatch(o, schema, name, lastSeq, batch, evolve, log);
-      state.lastSeq = lastSeq;
-      state.appliedEvents += batch.length;
-      o.onBatch?.(lastSeq, batch.length);
+      const caughtUp = m.info.pending === 0;
+      if (received < batchSize && !caughtUp && !reachedStop) continue;
+      await settle();
+      const done = applyBatch(o, schema, name, lastSeq, m.seq, batch, models);
+      // Observed by settle(); this only keeps a failure from being reported as unhandled meanwhile.
+      done.catch(() => undefined);
+      inFlight = { done, count: received };
       batch = [];
+      received = 0;
+      if (caughtUp || reachedStop) await settle();
       if (reachedStop) return true;
       if (o.signal.aborted) break;
     }
+    await settle();
   } finally {
     o.signal.removeEventListener('abort', stop);
     messages.stop();
+    // Never leave a transaction running behind the caller's back (e.g. the leader lock is released next).
+    const pendingBatch = inFlight as { done: Promise<number> } | null;
+    if (pendingBatch) await pendingBatch.done.catch(() => undefined);
   }
   return false;
+}
+
+/**
+ * The order in which `groupBatch` takes event types. Any order gives the same read models; following
+ * an image's usual life makes the fewest groups (a whole batch of image lives in ~20 statements).
+ */
+const LIFECYCLE_RANK: Readonly<Record<EventType, number>> = {
+  ImageStored: 0,
+  ImageReprocessRequested: 1,
+  ImageProcessingStarted: 2,
+  VariantCreated: 3,
+  ImageMetadataExtracted: 4,
+  ImageProcessed: 5,
+  ImageProcessingFailed: 6,
+  BackupRequested: 7,
+  BackupStarted: 8,
+  BackupCompleted: 9,
+  BackupFailed: 10,
+  MoveRequested: 11,
+  ImageMoved: 12,
+  SourceFilesDeleted: 13,
+  MoveFailed: 14,
+  ImageDeleted: 15,
+  BackupDeleted: 16,
+  ImageFilesDeleted: 17,
+  ImagePurged: 18,
+};
+const RANKS = Object.keys(LIFECYCLE_RANK).length;
+
+/**
+ * Orders a batch into groups that each hold events of one type about distinct images, so every read
+ * model applies a group with one set-based statement. Only the order of each image's own events
+ * matters (a read-model row belongs to one image; the usage counters are sums, which commute), so the
+ * batch is taken as one queue per image: each round takes, from every image whose next event is of
+ * the lowest-ranked type among all next events, that event. Applying the groups in order is therefore
+ * the same as applying the events one by one in stream order.
+ */
+export function groupBatch(batch: readonly Applied[]): Applied[][] {
+  const queues = new Map<string, { events: Applied[]; next: number }>();
+  for (const a of batch) {
+    const q = queues.get(a.event.image_id);
+    if (q) q.events.push(a);
+    else queues.set(a.event.image_id, { events: [a], next: 0 });
+  }
+  // ready[rank]: the images whose next event has that rank
+  let ready: { events: Applied[]; next: number }[][] = Array.from({ length: RANKS }, () => []);
+  const enqueue = (q: { events: Applied[]; next: number }) => {
+    const head = q.events[q.next];
+    if (head) ready[LIFECYCLE_RANK[head.event.type]]?.push(q);
+  };
+  for (const q of queues.values()) enqueue(q);
+  const groups: Applied[][] = [];
+  for (;;) {
+    const rank = ready.findIndex((r) => r.length > 0);
+    const taken = ready[rank];
+    if (!taken) break;
+    ready = ready.map((r, i) => (i === rank ? [] : r));
+    const group: Applied[] = [];
+    for (const q of taken) {
+      const head = q.events[q.next++];
+      if (head) group.push(head);
+      enqueue(q);
+    }
+    groups.push(group);
+  }
+  return groups;
 }
 
 async function applyBatch(
@@ -168,36 +309,31 @@ async function applyBatch(
   schema: string,
   name: string,
   prevSeq: number,
-  batch: { seq: number; data: Uint8Array }[],
-  evolve: Evolve,
-  log: Logger,
+  toSeq: number,
+  batch: readonly Applied[],
+  models: readonly ReadModel[],
 ): Promise<number> {
-  const last = batch[batch.length - 1];
-  if (!last) return prevSeq;
-  await o.sql.begin(async (tx) => {
+  if (toSeq <= prevSeq) return prevSeq;
+  const fresh = batch.filter((a) => a.seq > prevSeq);
+  await transaction(o.sql, async (tx) => {
     // A rebuild swaps schemas under the exclusive form of this lock: no batch straddles a switch-over.
     if (!o.exclusive) await tx`select pg_advisory_xact_lock_shared(${SWAP_LOCK})`;
     await tx.unsafe(`set local search_path to "${schema}", public`);
     // Checkpoint first: it takes the row lock, so a concurrent applier waits and then sees it moved.
     const moved = await tx.unsafe(
       `update "${schema}".projection_checkpoint set last_seq = $1, updated_at = now() where name = $2 and last_seq = $3`,
-      [last.seq, name, prevSeq],
+      [toSeq, name, prevSeq],
     );
     if (moved.count !== 1) throw new CheckpointMoved(`checkpoint ${name} is no longer at ${prevSeq}`);
     const queries: Query[] = [];
-    for (const m of batch) {
-      if (m.seq <= prevSeq) continue;
-      try {
-        queries.push(...evolve(tx, decodeEvent(m.data), m.seq));
-      } catch (err) {
-        // Projections never reject an event: an undecodable one is logged and skipped.
-        log.error({ err, seq: m.seq }, 'skipping undecodable event');
-      }
+    for (const group of groupBatch(fresh)) {
+      const type = group[0]?.event.type;
+      if (type) queries.push(...applyGroup(tx, type, group, models));
     }
     // Pipelined: postgres.js sends them back to back on the transaction's connection.
     await Promise.all(queries);
   });
-  return last.seq;
+  return toSeq;
 }
 
 /** Waits until the checkpoint reaches `seq` (tests, `--wait` flags). */

@@ -33,14 +33,12 @@ async function streamHead(jsm: JetStreamManager, n: Names): Promise<number> {
 async function catchUp(o: BuildOptions, schema: string, untilSeq: number): Promise<number> {
   const from = await readCheckpoint(o.sql, schema, 'main');
   if (from >= untilSeq) return from;
-  const ac = new AbortController();
-  o.signal?.addEventListener('abort', () => ac.abort(), { once: true });
   await runProjector({
     js: o.js,
     sql: o.sql,
     names: o.names,
     log: o.log,
-    signal: ac.signal,
+    signal: o.signal ?? new AbortController().signal,
     schema,
     exclusive: true,
     stopAtSeq: untilSeq,
@@ -72,8 +70,13 @@ export async function rebuild(o: BuildOptions, opts: { tables?: string[] } = {})
   for (const t of tables)
     if (!(t in READ_MODEL_TABLES))
       throw new Error(`unknown read model ${t} (${Object.keys(READ_MODEL_TABLES).join(', ')})`);
+  // Disaster recovery: the live schema may be gone (dropped, or a restored database without it). An
+  // empty one stands in until the switch, so the API and the live projector find their tables again.
+  await ensureReadModels(o.sql, LIVE);
   await buildSchema(o, BUILD, false);
   for (;;) {
+    // Aborted: stop here; the next rebuild continues from the build schema's checkpoint.
+    o.signal?.throwIfAborted();
     const live = await readCheckpoint(o.sql, LIVE, 'main');
     await catchUp(o, BUILD, live);
     const switched = await o.sql.begin(async (tx) => {
@@ -137,6 +140,7 @@ export async function verify(o: BuildOptions): Promise<{ seq: number; difference
   await ensureReadModels(o.sql, SCRATCH);
   try {
     for (;;) {
+      o.signal?.throwIfAborted();
       const live = await readCheckpoint(o.sql, LIVE, 'main');
       const built = await catchUp(o, SCRATCH, live);
       // Compare under the swap lock so the live models hold still at exactly `built`.

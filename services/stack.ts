@@ -24,8 +24,12 @@ import { buildApp, typed } from './http/app.js';
 import { healthRoutes } from './http/health.js';
 import { startHealthReporter } from './storage-node/health.js';
 import { storageNodeRoutes } from './storage-node/routes.js';
+import { serveUpload } from './storage-node/serve.js';
 import { startWorkers, type Workers } from './workers.js';
 import { startFailedJobsRecorder } from './ops/failed-jobs.js';
+import { sweepTempRoot } from './storage/pool-store.js';
+import { startS3HealthReporter } from './storage/s3-health.js';
+import { s3Redirect } from './storage/s3-serve.js';
 
 export type Role = 'api' | 'storage' | 'worker' | 'projector';
 export const ALL_ROLES: readonly Role[] = ['api', 'storage', 'worker', 'projector'];
@@ -69,12 +73,14 @@ export async function startStack(config: Config, roles: readonly Role[], log: Lo
   let app: ReturnType<typeof buildApp> | null = null;
   let workers: Workers | null = null;
   let reporter: ReturnType<typeof startHealthReporter> | null = null;
+  let s3Reporter: ReturnType<typeof startS3HealthReporter> | null = null;
 
   let closing: Promise<void> | null = null;
   const close = () =>
     (closing ??= (async () => {
       for (const t of timers) clearInterval(t);
       reporter?.stop();
+      s3Reporter?.stop();
       // Stop taking new work first, then let in-flight work finish (or hand it back).
       await app?.close();
       await workers?.stop(config.shutdownTimeoutMs);
@@ -139,12 +145,29 @@ export async function startStack(config: Config, roles: readonly Role[], log: Lo
         await store.ensureReady();
         await store.sweepTemp(60 * 60_000);
       }
-      await app.register(async (a) => storageNodeRoutes(typed(a), ctx, nodePools));
+      await app.register(async (a) =>
+        storageNodeRoutes(typed(a), ctx, nodePools, (rel) => s3Redirect(sql, log, () => allPools, rel)),
+      );
       await app.register(async (a) => replicateRoutes(typed(a), ctx, nodePools));
       reporter = startHealthReporter(ctx, nodePools);
       await reporter.tick();
+    } else if (has('api')) {
+      // URLs of private S3 pools point at PUBLIC_DOMAIN/uploads/…: an API without the storage role still
+      // answers them (the redirect to a presigned GET; it has no files of its own).
+      await app.register(async (a) => {
+        a.get<{ Params: { '*': string } }>('/uploads/*', { schema: { hide: true } }, (req, reply) =>
+          serveUpload([], req, reply, (rel) => s3Redirect(sql, log, () => allPools, rel)),
+        );
+      });
     }
     if (has('worker') && !config.disableJobWorkers) workers = startWorkers(ctx, () => allPools);
+    if (has('api') || has('worker')) {
+      // Temp files of S3 work (DATA_DIR/tmp) left by a crash; nothing there is older than an hour in use.
+      await sweepTempRoot(config.dataDir, 60 * 60_000).catch(() => undefined);
+      // S3 pools belong to no node: processes that hand out sessions or do the work report their health.
+      s3Reporter = startS3HealthReporter(ctx, () => allPools);
+      await s3Reporter.tick();
+    }
 
     await app.listen({ host: config.appHost, port: config.appPort });
     const addr = app.server.address();

@@ -22,6 +22,8 @@ export interface Config {
   readonly maxImagePixels: number;
   /** Where partially received uploads live before their atomic rename (per pool when empty). */
   readonly shutdownTimeoutMs: number;
+  /** Lifetime of a direct-to-S3 upload (presigned PUT and completion); uncompleted objects are removed after it. */
+  readonly s3UploadTtlSeconds: number;
 }
 
 export class ConfigError extends Error {
@@ -102,6 +104,8 @@ export function loadConfig(env: Env, opts: LoadOptions): Config {
     logLevel: str('LOG_LEVEL', 'info'),
     maxImagePixels: int('MAX_IMAGE_PIXELS', 100_000_000, 1, 2_000_000_000),
     shutdownTimeoutMs: int('SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
+    // 30 minutes like the node upload token; at most SigV4's presign limit of 7 days.
+    s3UploadTtlSeconds: int('S3_UPLOAD_TTL_SECONDS', 30 * 60, 1, 604_800),
   };
   if (problems.length) throw new ConfigError(problems);
   return Object.freeze(config);

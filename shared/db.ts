@@ -13,6 +13,9 @@ export function createSql(url: string, opts: { max?: number; searchPath?: string
     max: opts.max ?? 10,
     idle_timeout: 30,
     connect_timeout: 5,
+    // Seconds before reconnecting: doubles from 0.1 up to 2, so a restarted Postgres is in use again
+    // within ~2 s (postgres.js's default grows to 20 s after a few refused attempts).
+    backoff: (retries: number) => Math.min(0.1 * 2 ** retries, 2),
     onnotice: () => {},
     connection: {
       search_path: opts.searchPath ?? `${READ_MODEL_SCHEMA},public`,
@@ -24,6 +27,30 @@ export function createSql(url: string, opts: { max?: number; searchPath?: string
     },
     transform: { undefined: null },
   });
+}
+
+/** Errors after which the connection is gone (and with it the transaction: Postgres rolled it back). */
+export function isConnectionLost(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return (
+    typeof code === 'string' &&
+    /^(CONNECTION_(CLOSED|DESTROYED|ENDED)|ECONNRESET|EPIPE|57P0[123])$/.test(code)
+  );
+}
+
+/**
+ * `sql.begin`, except that a transaction whose connection was lost is not followed by a ROLLBACK on
+ * that dead connection: postgres.js 3.4.9 writes it to a null socket from a setImmediate, an uncatchable
+ * TypeError that kills the process (porsager/postgres#1154, #1208; no fixed release yet). begin() itself
+ * rejects with CONNECTION_CLOSED when the connection closes, so the callers still see the failure.
+ */
+export function transaction<T>(sql: Sql, fn: (tx: Tx) => Promise<T>): Promise<T> {
+  return sql.begin((tx) =>
+    fn(tx).catch((err: unknown) => {
+      if (isConnectionLost(err)) return new Promise<T>(() => undefined);
+      throw err;
+    }),
+  ) as Promise<T>;
 }
 
 /** Creates the database named in the URL when it does not exist (connecting through `postgres`). */

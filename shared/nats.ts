@@ -8,6 +8,8 @@ export interface Nats {
   nc: NatsConnection;
   js: JetStreamClient;
   jsm: JetStreamManager;
+  /** false from a disconnect until the reconnect: callers refuse work at once instead of timing out */
+  connected(): boolean;
 }
 
 export async function connectNats(url: string, log: Logger, name: string): Promise<Nats> {
@@ -20,8 +22,11 @@ export async function connectNats(url: string, log: Logger, name: string): Promi
     pingInterval: 10_000,
     timeout: 5_000,
   });
+  let connected = true;
   void (async () => {
     for await (const s of nc.status()) {
+      if (s.type === 'disconnect') connected = false;
+      else if (s.type === 'reconnect') connected = true;
       if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error')
         log.warn({ status: s.type }, 'nats status');
     }
@@ -29,5 +34,5 @@ export async function connectNats(url: string, log: Logger, name: string): Promi
   // A short publish timeout so an upload during a NATS outage fails fast (503) instead of hanging.
   const js = jetstream(nc, { timeout: 5_000 });
   const jsm = await jetstreamManager(nc, { timeout: 10_000 });
-  return { nc, js, jsm };
+  return { nc, js, jsm, connected: () => connected && !nc.isClosed() };
 }

@@ -26,6 +26,8 @@ export interface Pool {
   s3_secret_key: string | null;
   s3_force_path_style: boolean;
   s3_prefix: string;
+  /** S3 pools only: objects are not publicly readable; nodes redirect to presigned GETs (migration 00003). */
+  s3_private?: boolean;
   description: string;
   created_at: Date;
   updated_at: Date;
@@ -71,6 +73,7 @@ export interface PoolInput {
   s3_secret_key?: string | null;
   s3_force_path_style?: boolean;
   s3_prefix?: string;
+  s3_private?: boolean;
   description?: string;
 }
 
@@ -93,6 +96,7 @@ export const POOL_COLUMNS = [
   's3_secret_key',
   's3_force_path_style',
   's3_prefix',
+  's3_private',
   'description',
 ] as const;
 

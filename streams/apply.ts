@@ -7,7 +7,7 @@ import {
   consumerConfig,
   eventStreamConfig,
 } from './definitions.js';
-import type { Names } from './subjects.js';
+import { ANY_NODE, type Names } from './subjects.js';
 
 export async function applyStream(
   jsm: JetStreamManager,
@@ -47,7 +47,8 @@ export async function applyConsumers(
   nodeIds: Iterable<string>,
 ): Promise<string[]> {
   const applied: string[] = [];
-  for (const nodeId of new Set(nodeIds)) {
+  // `_any` always: events of S3 pools carry it, and every worker node also consumes them.
+  for (const nodeId of new Set([...nodeIds, ANY_NODE])) {
     for (const kind of Object.values(CONSUMERS)) {
       const cfg = consumerConfig(n, kind, nodeId);
       try {

@@ -1,67 +1,90 @@
 // image_backups: one row per image and backup target, status pending|uploading|completed|failed|deleted.
-import type { Evolve } from './types.js';
+import { rowsJson, type ReadModel } from './types.js';
 
-export const evolveBackups: Evolve = (tx, e) => {
-  const at = e.occurred_at;
-  switch (e.type) {
-    case 'BackupRequested': {
-      const d = e.data;
-      return [
-        tx`insert into image_backups (image_id, target_pool_id, status, bucket, retry_count, due_at, requested_at, updated_at)
-           values (${e.image_id}, ${d.target_pool_id}, 'pending', ${d.bucket}, ${d.attempt - 1}, ${d.due_at}, ${at}, ${at})
-           on conflict (image_id, target_pool_id) do update set
-             status = case when image_backups.status in ('completed', 'deleted') then image_backups.status else 'pending' end,
-             due_at = excluded.due_at, updated_at = excluded.updated_at,
-             retry_count = greatest(image_backups.retry_count, excluded.retry_count)`,
-      ];
-    }
-    case 'BackupStarted':
-      return [
-        tx`update image_backups set status = 'uploading', started_at = ${at}, updated_at = ${at}
-           where image_id = ${e.image_id} and target_pool_id = ${e.data.target_pool_id}
-             and status not in ('completed', 'deleted')`,
-      ];
-    case 'BackupCompleted': {
-      const d = e.data;
-      return [
-        tx`update image_backups set status = 'completed', bucket = ${d.bucket}, object_key = ${d.key}, size = ${d.size},
-             checksum = ${d.checksum}, completed_at = ${at}, last_error = null, updated_at = ${at}
-           where image_id = ${e.image_id} and target_pool_id = ${d.target_pool_id} and status <> 'deleted'`,
-      ];
-    }
-    case 'BackupFailed': {
-      const d = e.data;
-      return [
-        tx`update image_backups set status = ${d.final ? 'failed' : 'pending'}, last_error = ${d.error},
-             retry_count = greatest(retry_count, ${d.attempt}), updated_at = ${at}
-           where image_id = ${e.image_id} and target_pool_id = ${d.target_pool_id}
-             and status not in ('completed', 'deleted')`,
-      ];
-    }
-    case 'BackupDeleted':
-      return [
-        tx`update image_backups set status = 'deleted', deleted_at = ${at}, updated_at = ${at}
-           where image_id = ${e.image_id} and target_pool_id = ${e.data.target_pool_id}`,
-      ];
-    case 'ImagePurged':
-      return [tx`delete from image_backups where image_id = ${e.image_id}`];
-    case 'ImageStored':
-    case 'ImageProcessingStarted':
-    case 'VariantCreated':
-    case 'ImageMetadataExtracted':
-    case 'ImageProcessed':
-    case 'ImageProcessingFailed':
-    case 'ImageReprocessRequested':
-    case 'ImageDeleted':
-    case 'ImageFilesDeleted':
-    case 'MoveRequested':
-    case 'ImageMoved':
-    case 'SourceFilesDeleted':
-    case 'MoveFailed':
-      return [];
-    default: {
-      const unreachable: never = e;
-      return unreachable;
-    }
-  }
+export const backups: ReadModel = {
+  BackupRequested: (tx, g) => [
+    tx`insert into image_backups (image_id, target_pool_id, status, bucket, retry_count, due_at, requested_at, updated_at)
+       select image_id, target_pool_id, 'pending', bucket, retry_count, due_at, at, at
+       from json_to_recordset(${rowsJson(
+         g.map(({ event: e }) => ({
+           image_id: e.image_id,
+           target_pool_id: e.data.target_pool_id,
+           bucket: e.data.bucket,
+           retry_count: e.data.attempt - 1,
+           due_at: e.data.due_at,
+           at: e.occurred_at,
+         })),
+       )}::text::json) as x(image_id uuid, target_pool_id uuid, bucket text, retry_count integer, due_at timestamptz,
+                      at timestamptz)
+       on conflict (image_id, target_pool_id) do update set
+         status = case when image_backups.status in ('completed', 'deleted') then image_backups.status else 'pending' end,
+         due_at = excluded.due_at, updated_at = excluded.updated_at,
+         retry_count = greatest(image_backups.retry_count, excluded.retry_count)`,
+  ],
+  BackupStarted: (tx, g) => [
+    tx`update image_backups b set status = 'uploading', started_at = x.at, updated_at = x.at
+       from json_to_recordset(${rowsJson(
+         g.map(({ event: e }) => ({
+           image_id: e.image_id,
+           target_pool_id: e.data.target_pool_id,
+           at: e.occurred_at,
+         })),
+       )}::text::json) as x(image_id uuid, target_pool_id uuid, at timestamptz)
+       where b.image_id = x.image_id and b.target_pool_id = x.target_pool_id
+         and b.status not in ('completed', 'deleted')`,
+  ],
+  BackupCompleted: (tx, g) => [
+    tx`update image_backups b set status = 'completed', bucket = x.bucket, object_key = x.key, size = x.size,
+         checksum = x.checksum, completed_at = x.at, last_error = null, updated_at = x.at
+       from json_to_recordset(${rowsJson(
+         g.map(({ event: e }) => ({ image_id: e.image_id, at: e.occurred_at, ...e.data })),
+       )}::text::json) as x(image_id uuid, target_pool_id uuid, bucket text, key text, size bigint, checksum text,
+                      at timestamptz)
+       where b.image_id = x.image_id and b.target_pool_id = x.target_pool_id and b.status <> 'deleted'`,
+  ],
+  BackupFailed: (tx, g) => [
+    tx`update image_backups b set status = x.status, last_error = x.error,
+         retry_count = greatest(b.retry_count, x.attempt), updated_at = x.at
+       from json_to_recordset(${rowsJson(
+         g.map(({ event: e }) => ({
+           image_id: e.image_id,
+           target_pool_id: e.data.target_pool_id,
+           status: e.data.final ? 'failed' : 'pending',
+           error: e.data.error,
+           attempt: e.data.attempt,
+           at: e.occurred_at,
+         })),
+       )}::text::json) as x(image_id uuid, target_pool_id uuid, status text, error text, attempt integer, at timestamptz)
+       where b.image_id = x.image_id and b.target_pool_id = x.target_pool_id
+         and b.status not in ('completed', 'deleted')`,
+  ],
+  BackupDeleted: (tx, g) => [
+    tx`update image_backups b set status = 'deleted', deleted_at = x.at, updated_at = x.at
+       from json_to_recordset(${rowsJson(
+         g.map(({ event: e }) => ({
+           image_id: e.image_id,
+           target_pool_id: e.data.target_pool_id,
+           at: e.occurred_at,
+         })),
+       )}::text::json) as x(image_id uuid, target_pool_id uuid, at timestamptz)
+       where b.image_id = x.image_id and b.target_pool_id = x.target_pool_id`,
+  ],
+  ImagePurged: (tx, g) => [
+    tx`delete from image_backups where image_id in (
+         select id from json_to_recordset(${rowsJson(g.map(({ event: e }) => ({ id: e.image_id })))}::text::json)
+         as x(id uuid))`,
+  ],
+  ImageStored: null,
+  ImageProcessingStarted: null,
+  VariantCreated: null,
+  ImageMetadataExtracted: null,
+  ImageProcessed: null,
+  ImageProcessingFailed: null,
+  ImageReprocessRequested: null,
+  ImageDeleted: null,
+  ImageFilesDeleted: null,
+  MoveRequested: null,
+  ImageMoved: null,
+  SourceFilesDeleted: null,
+  MoveFailed: null,
 };

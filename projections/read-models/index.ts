@@ -1,16 +1,29 @@
-import { evolveBackups } from './backups.js';
-import { evolveImages } from './images.js';
-import { evolveMetadata } from './metadata.js';
-import type { Evolve } from './types.js';
-import { evolveVariants } from './variants.js';
+import type { EventType } from '../../streams/events/catalog.js';
+import { backups } from './backups.js';
+import { images } from './images.js';
+import { metadata } from './metadata.js';
+import type { Applied, Query, ReadModel, Tx } from './types.js';
+import { variants } from './variants.js';
 
 /** Read models in application order (variants after images: a variant needs its image row). */
-export const READ_MODELS: Readonly<Record<string, Evolve>> = Object.freeze({
-  images: evolveImages,
-  variants: evolveVariants,
-  metadata: evolveMetadata,
-  backups: evolveBackups,
+export const READ_MODELS: Readonly<Record<string, ReadModel>> = Object.freeze({
+  images,
+  variants,
+  metadata,
+  backups,
 });
 
-export const evolveAll: Evolve = (tx, event, seq) =>
-  Object.values(READ_MODELS).flatMap((f) => f(tx, event, seq));
+/** The statements of every read model for one group (one event type, each event about another image). */
+export function applyGroup<T extends EventType>(
+  tx: Tx,
+  type: T,
+  group: readonly Applied<T>[],
+  models: readonly ReadModel[] = Object.values(READ_MODELS),
+): Query[] {
+  const out: Query[] = [];
+  for (const m of models) {
+    const step = m[type];
+    if (step) out.push(...step(tx, group));
+  }
+  return out;
+}

@@ -54,6 +54,11 @@ const PoolBody = Type.Object(
     s3_secret_key: Type.Optional(Type.Union([Type.String(), Type.Null()])),
     s3_force_path_style: Type.Optional(Type.Boolean()),
     s3_prefix: Type.Optional(Type.String()),
+    s3_private: Type.Optional(
+      Type.Boolean({
+        description: 'S3 pools: objects are private; /uploads/... redirects to presigned GETs',
+      }),
+    ),
     description: Type.Optional(Type.String()),
   },
   { additionalProperties: false },

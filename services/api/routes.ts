@@ -7,7 +7,8 @@ import type { App } from '../http/app.js';
 import type { Ctx } from '../context.js';
 import { optionalUser, requireUser } from './auth.js';
 import { loadImageView, presentImage } from './present.js';
-import { UuidParam, errors } from './schemas.js';
+import { UuidParam, UploadResultSchema, errors } from './schemas.js';
+import { completeS3Upload } from './s3-uploads.js';
 import { createUploadSession } from './sessions.js';
 import { renderViewPage } from './view-page.js';
 
@@ -32,6 +33,10 @@ export async function apiRoutes(app: App, ctx: Ctx) {
           },
           { additionalProperties: false },
         ),
+        description:
+          'For a storage-node pool, POST the file (multipart, field "file") to `upload_url` with the token. ' +
+          'For an S3 pool (`method: PUT`), PUT the bytes to the presigned `upload_url` with `headers`, then ' +
+          'POST `complete_url` with your API key: only the completion checks the file and creates the image.',
         response: {
           201: Type.Object({
             upload_url: Type.String({ examples: ['http://127.0.0.1:3000/api/internal/upload'] }),
@@ -39,6 +44,21 @@ export async function apiRoutes(app: App, ctx: Ctx) {
             pool_id: Type.String({ format: 'uuid' }),
             expires_at: Type.String({ format: 'date-time' }),
             max_bytes: Type.Integer(),
+            method: Type.Optional(Type.Literal('PUT', { description: 'S3 pools: PUT to upload_url' })),
+            headers: Type.Optional(
+              Type.Record(Type.String(), Type.String(), {
+                description: 'S3 pools: headers the PUT must carry (signed)',
+                examples: [{ 'content-type': 'image/jpeg' }],
+              }),
+            ),
+            upload_id: Type.Optional(Type.String({ format: 'uuid' })),
+            complete_url: Type.Optional(
+              Type.String({
+                examples: [
+                  'http://127.0.0.1:3000/api/v1/uploads/0b8e5c2a-3d0a-4d35-9c6b-0d8c0b6a6c11/complete',
+                ],
+              }),
+            ),
           }),
           ...errors(400, 401, 403, 413, 503),
         },
@@ -47,6 +67,34 @@ export async function apiRoutes(app: App, ctx: Ctx) {
     async (req, reply) => {
       const user = await requireUser(ctx, req);
       return reply.status(201).send(await createUploadSession(ctx, user, req.body));
+    },
+  );
+
+  app.post(
+    '/api/v1/uploads/:upload_id/complete',
+    {
+      schema: {
+        tags: ['uploads'],
+        summary: 'Finish a direct-to-S3 upload: the object is checked, deduplicated and stored as an image',
+        description:
+          'Answers like the storage-node upload: 201 with the new image, 200 with `duplicate: true` for ' +
+          'bytes you already uploaded. A refused file (413 too large, 415 not an image or active content, ' +
+          '422 broken) is deleted from the bucket. Calling it again gives the same answer.',
+        security: [{ apiKey: [] }],
+        params: Type.Object({
+          upload_id: Type.String({ format: 'uuid', examples: ['0b8e5c2a-3d0a-4d35-9c6b-0d8c0b6a6c11'] }),
+        }),
+        response: {
+          201: UploadResultSchema,
+          200: Type.Ref('Image'),
+          ...errors(401, 404, 409, 410, 413, 415, 422, 503),
+        },
+      },
+    },
+    async (req, reply) => {
+      const user = await requireUser(ctx, req);
+      const c = await completeS3Upload(ctx, user, req.params.upload_id, req.id);
+      return reply.status(c.status).send(c.body as never);
     },
   );
 
@@ -119,8 +167,11 @@ export async function apiRoutes(app: App, ctx: Ctx) {
       },
     },
     async (req) => {
-      const user = await optionalUser(ctx, req);
-      const view = await loadImageView(ctx.sql, req.params.uuid);
+      // Both at once: one round-trip time instead of two (nothing of the view leaves before the checks).
+      const [user, view] = await Promise.all([
+        optionalUser(ctx, req),
+        loadImageView(ctx.sql, req.params.uuid),
+      ]);
       if (!view || view.image.deleted_at) throw notFound('image not found');
       const owner = user !== null && view.image.user_id === user.id;
       if (!owner && !(req.query.share && req.query.share === view.image.share_link))

@@ -6,6 +6,8 @@ import { listPools, selectPool, type Candidate } from '../../shared/pools.js';
 import { signUploadToken } from '../../shared/security/upload-token.js';
 import type { User } from '../../shared/users.js';
 import type { Ctx } from '../context.js';
+import { isServableS3Pool } from '../storage/s3-health.js';
+import { createS3Session } from './s3-uploads.js';
 
 export interface SessionRequest {
   file_size: number;
@@ -50,9 +52,10 @@ export async function createUploadSession(ctx: Ctx, user: User, body: SessionReq
       file_size: body.file_size,
     });
   }
-  // S3 pools take direct-to-S3 uploads (a different flow); node uploads go to local/NFS pools.
+  // Node pools take uploads at their node's upload URL; S3 pools (served by every node) take them
+  // straight into the bucket through a presigned PUT (see ./s3-uploads.ts).
   const pools = (await listPools(ctx.sql)).filter(
-    (p) => p.is_active && p.storage_type !== 's3' && p.upload_api_url,
+    (p) => p.is_active && (p.storage_type === 's3' ? isServableS3Pool(p) : !!p.upload_api_url),
   );
   const [health, usage] = await Promise.all([
     readHealth(
@@ -68,16 +71,17 @@ export async function createUploadSession(ctx: Ctx, user: User, body: SessionReq
     usedBytes: used.get(pool.id) ?? 0,
   }));
   const pool = selectPool(candidates, body.file_size);
-  if (!pool || !pool.upload_api_url)
+  if (!pool || (pool.storage_type !== 's3' && !pool.upload_api_url))
     throw unavailable('no_pool_available', 'no storage pool can take this upload right now');
   const maxBytes = Math.min(plan.maxFileBytes, q.remaining);
+  if (pool.storage_type === 's3') return createS3Session(ctx, user, pool, body, maxBytes);
   const { token, claims } = signUploadToken(ctx.config.uploadTokenSecret, {
     user_id: user.id,
     pool_id: pool.id,
     max_bytes: maxBytes,
   });
   return {
-    upload_url: pool.upload_api_url,
+    upload_url: pool.upload_api_url ?? '',
     token,
     pool_id: pool.id,
     expires_at: new Date(claims.exp * 1000).toISOString(),

@@ -8,11 +8,11 @@ import { errorMessage } from '../../shared/errors.js';
 import { getPool } from '../../shared/pools.js';
 import { classifyS3Error, poolKey, putFileStreamed, s3ClientFor } from '../../shared/s3/client.js';
 import { backupTarget, s3ConfigOf } from '../../shared/s3/pools.js';
-import { LocalStore } from '../../shared/storage/local.js';
 import { deterministicId, makeEvent } from '../../streams/events/codec.js';
 import type { AnyEvent } from '../../streams/events/catalog.js';
 import type { Ctx } from '../context.js';
 import { handOnIfMoved } from '../routing.js';
+import { poolStore, StoreError, type LocalCopy } from '../storage/pool-store.js';
 import { BACKUP_ATTEMPTS, backupKey, backupRetryDelayMs } from './key.js';
 
 export function backupSchedulerHandler(ctx: Ctx): Handler {
@@ -76,7 +76,9 @@ export function backupHandler(ctx: Ctx): Handler {
       getPool(ctx.sql, req.target_pool_id),
       getPool(ctx.sql, img.storage_pool_id),
     ]);
-    if (!source?.base_path) return retry(10_000, 'source pool unknown');
+    // A local source is read in place; an S3 source through a bounded temp file.
+    const sourceStore = source ? poolStore(source, ctx.config) : null;
+    if (!sourceStore) return retry(10_000, 'source pool unknown');
 
     const base = {
       image_id: event.image_id,
@@ -93,15 +95,21 @@ export function backupHandler(ctx: Ctx): Handler {
         data: { target_pool_id: req.target_pool_id, attempt: req.attempt },
       }),
     );
+    let copy: LocalCopy | null = null;
     try {
       if (!target || !target.is_active)
         throw Object.assign(new Error('backup target pool is gone or inactive'), { permanent: true });
       const cfg = s3ConfigOf(target);
       const key = poolKey(cfg, backupKey(img.id, img.stored_path, img.ext));
+      copy = await sourceStore.fetchToTemp(img.stored_path, {
+        maxBytes: Number(img.size),
+        size: Number(img.size),
+        sha256: img.sha256,
+      });
       const result = await putFileStreamed(s3ClientFor(cfg), {
         bucket: cfg.bucket,
         key,
-        filePath: new LocalStore(source.base_path).resolve(img.stored_path),
+        filePath: copy.path,
         contentType: img.mime,
         sha256: img.sha256,
         metadata: { 'original-path': img.stored_path, 'upload-source': `pixelfox/${img.node_id}` },
@@ -124,7 +132,9 @@ export function backupHandler(ctx: Ctx): Handler {
     } catch (err) {
       const c = (err as { permanent?: boolean }).permanent
         ? { transient: false, message: errorMessage(err) }
-        : classifyS3Error(err);
+        : err instanceof StoreError
+          ? { transient: err.transient, message: err.message }
+          : classifyS3Error(err);
       const final = !c.transient || req.attempt >= BACKUP_ATTEMPTS;
       await ctx.pub.publish(
         makeEvent('BackupFailed', {
@@ -153,6 +163,8 @@ export function backupHandler(ctx: Ctx): Handler {
         'backup attempt failed',
       );
       return ack;
+    } finally {
+      await copy?.release().catch(() => undefined);
     }
   };
 }

@@ -138,6 +138,7 @@ function poolInput(v: Values): Partial<PoolInput> {
   set('s3_secret_key', str(v, 's3-secret-key'));
   set('s3_force_path_style', onOff(str(v, 's3-path-style')));
   set('s3_prefix', str(v, 's3-prefix'));
+  set('s3_private', onOff(str(v, 's3-private')));
   set('description', str(v, 'description'));
   return p;
 }
@@ -161,6 +162,7 @@ const poolOptions: OptionSpec = {
   's3-secret-key': { type: 'string' },
   's3-path-style': { type: 'string' },
   's3-prefix': { type: 'string' },
+  's3-private': { type: 'string' },
   description: { type: 'string' },
   ...json,
 };
@@ -468,9 +470,11 @@ export const COMMANDS: Command[] = [
   },
   {
     name: 'events tail',
-    usage: 'events tail [--type T] [--image UUID] [--from-seq N | --since TIME] [--follow]',
+    usage: 'events tail [--type T] [--image UUID] [--from-seq N | --since TIME] [--follow] [--json-lines]',
     summary: 'Print events as JSON lines',
     options: {
+      // accepted for scripts that ask for the format explicitly: the output is always JSON lines
+      'json-lines': { type: 'boolean' },
       type: { type: 'string' },
       image: { type: 'string' },
       'from-seq': { type: 'string' },

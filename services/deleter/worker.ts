@@ -7,11 +7,11 @@ import { dedupeKey, releaseHash } from '../../shared/kv.js';
 import { getPool, type Pool } from '../../shared/pools.js';
 import { classifyS3Error, deleteObject, s3ClientFor } from '../../shared/s3/client.js';
 import { s3ConfigOf } from '../../shared/s3/pools.js';
-import { LocalStore } from '../../shared/storage/local.js';
 import { deterministicId, makeEvent } from '../../streams/events/codec.js';
 import type { AnyEvent } from '../../streams/events/catalog.js';
 import type { Ctx } from '../context.js';
 import { handOnIfMoved } from '../routing.js';
+import { isTransientStoreError, poolStore } from '../storage/pool-store.js';
 
 export function deleteHandler(ctx: Ctx, pools: () => Pool[]): Handler {
   return async (event: AnyEvent): Promise<Outcome> => {
@@ -40,20 +40,28 @@ export function deleteHandler(ctx: Ctx, pools: () => Pool[]): Handler {
       correlation_id: event.correlation_id,
     };
 
-    // 1. Files: the original and every variant, in the pool that holds them now.
+    // 1. Files: the original and every variant, in the pool that holds them now (a directory, or the
+    //    bucket of an S3 pool).
     if (!img.files_deleted_at) {
       const pool = pools().find((p) => p.id === img.storage_pool_id);
-      if (!pool?.base_path) return retry(10_000, `pool ${img.storage_pool_id} not served here`);
-      const store = new LocalStore(pool.base_path);
+      const store = pool ? poolStore(pool, ctx.config) : null;
+      if (!pool || !store) return retry(10_000, `pool ${img.storage_pool_id} not served here`);
       const variants = await ctx.sql<
         { path: string; bytes: number }[]
       >`select path, bytes from image_variants where image_id = ${event.image_id}`;
       const files = [img.stored_path, ...variants.map((v) => v.path)];
       let bytes = 0;
-      for (const f of files) {
-        const st = await store.stat(f);
-        if (st) bytes += st.size;
-        await store.remove(f);
+      try {
+        for (const f of files) {
+          const st = await store.stat(f);
+          if (st) bytes += st.size;
+          await store.remove(f);
+        }
+      } catch (err) {
+        return retry(
+          isTransientStoreError(err) ? 15_000 : 5 * 60_000,
+          `file delete failed: ${errorMessage(err)}`,
+        );
       }
       await ctx.pub.publish(
         makeEvent('ImageFilesDeleted', {

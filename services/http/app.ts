@@ -12,6 +12,7 @@ import Fastify, {
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { isConnectionLost } from '../../shared/db.js';
 import { AppError } from '../../shared/errors.js';
 import { ErrorSchema, ImageSchema } from '../api/schemas.js';
 import type { Logger } from '../../shared/logger.js';
@@ -128,6 +129,14 @@ export function buildApp(log: Logger): App {
     const fe = err as FastifyError;
     if (fe.validation) {
       return reply.status(400).send(errorBody('validation_failed', fe.message, fe.validation));
+    }
+    // Postgres (or another backing service) unreachable: an outage to retry, not a bug of ours.
+    if (isConnectionLost(err) || ['ECONNREFUSED', 'CONNECT_TIMEOUT'].includes(String(fe.code))) {
+      req.log.warn({ err }, 'backing service unavailable');
+      return reply
+        .status(503)
+        .header('retry-after', '2')
+        .send(errorBody('service_unavailable', 'a backing service is unreachable; retry shortly'));
     }
     const status =
       typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 600 ? fe.statusCode : 500;

@@ -1,12 +1,13 @@
 // Starting a pool move (shared by `npx pixelfox pools move` and `POST /api/admin/moves`): one
 // MoveRequested per image of the source pool, all with one move_id, routed to the node that serves the
-// source pool (its mover consumer does the work, see ./worker.ts).
+// source pool (its mover consumer does the work, see ./worker.ts); out of an S3 pool, to the target's
+// node (see moverNodeFor).
 import { randomUUID } from 'node:crypto';
 import { AppError, badRequest, notFound } from '../../shared/errors.js';
 import { getPool } from '../../shared/pools.js';
 import { deterministicId, makeEvent } from '../../streams/events/codec.js';
 import type { Ctx } from '../context.js';
-import { planMoveRoute } from './plan.js';
+import { moverNodeFor, planMoveRoute } from './plan.js';
 
 export interface StartMoveOptions {
   /** source pool: id or name */
@@ -32,8 +33,9 @@ export interface StartMoveResult {
 /**
  * Publishes one MoveRequested per non-deleted image of the source pool (oldest first, at most `limit`).
  * Refuses (AppError: 404 unknown pool, 400 otherwise) what the mover would refuse for every image:
- * same pool, S3 pools, an inactive target, a remote target without upload_api_url. Starting the same move
- * twice is harmless: the mover moves each image once and ignores the rest.
+ * same pool, S3 pools not served by every node, an inactive target, a remote target without
+ * upload_api_url. Starting the same move twice is harmless: the mover moves each image once and ignores
+ * the rest.
  */
 export async function startMove(
   ctx: Pick<Ctx, 'sql' | 'pub'>,
@@ -44,8 +46,9 @@ export async function startMove(
   const [from, to] = await Promise.all([getPool(ctx.sql, o.fromPoolId), getPool(ctx.sql, o.toPoolId)]);
   if (!from) throw notFound(`source pool ${o.fromPoolId} not found`);
   if (!to) throw notFound(`target pool ${o.toPoolId} not found`);
-  // Decided as the source's node will decide it: the same refusals, before anything is published.
-  const route = planMoveRoute(from, to, from.node_id);
+  // Decided as the mover's node will decide it: the same refusals, before anything is published.
+  const moverNode = moverNodeFor(from, to);
+  const route = planMoveRoute(from, to, moverNode);
   if (!route.ok) throw new AppError(400, 'move_refused', route.reason);
 
   const moveId = randomUUID();
@@ -59,7 +62,7 @@ export async function startMove(
         // Deterministic, so a publish retried after a timeout is stored once.
         id: deterministicId(moveId, img.id, 'requested'),
         image_id: img.id,
-        node_id: from.node_id,
+        node_id: moverNode,
         pool_id: from.id,
         correlation_id: o.correlationId ?? null,
         data: { move_id: moveId, from_pool_id: from.id, to_pool_id: to.id },

@@ -3,6 +3,7 @@
 // to wait before the next attempt. No I/O here; the worker (./worker.ts) is the shell around it.
 import type { MovedFile } from '../../streams/events/catalog.js';
 import type { Pool } from '../../shared/pools.js';
+import { ANY_NODE } from '../../streams/subjects.js';
 
 /** Path of the replication endpoint on every storage node (see services/storage-node/replicate.ts). */
 export const REPLICATE_PATH = '/api/internal/replicate';
@@ -33,7 +34,30 @@ export function replicateUrlFor(uploadApiUrl: string | null | undefined): string
 export type MoveRoute =
   | { ok: true; mode: 'local'; source: Pool; target: Pool; sourceBase: string; targetBase: string }
   | { ok: true; mode: 'remote'; source: Pool; target: Pool; sourceBase: string; url: string }
+  /** upload into an S3 pool, from a local pool of this node (sourceBase) or from another S3 pool (null) */
+  | { ok: true; mode: 'to-s3'; source: Pool; target: Pool; sourceBase: string | null }
+  /** download from an S3 pool into a local pool of this node */
+  | { ok: true; mode: 'from-s3'; source: Pool; target: Pool; targetBase: string }
   | { ok: false; reason: string };
+
+/**
+ * The node whose mover consumer takes a move (the MoveRequested's node): the source's node, which
+ * reads the files; out of an S3 pool (readable from every node) the target's node, so that the copy is a
+ * local write there; between two S3 pools any node (`_any`).
+ */
+export function moverNodeFor(from: Pool, to: Pool): string {
+  if (from.storage_type !== 's3') return from.node_id;
+  return to.storage_type === 's3' ? ANY_NODE : to.node_id;
+}
+
+/** Why an S3 pool cannot take part in moves, or null. */
+function s3Refusal(p: Pool, role: 'source' | 'target'): string | null {
+  if (p.storage_type !== 's3') return null;
+  if (!p.s3_bucket) return `${role} S3 pool ${p.name} has no bucket`;
+  if (p.node_id !== ANY_NODE)
+    return `${role} S3 pool ${p.name} must be served by every node (node_id ${ANY_NODE}), not ${p.node_id}`;
+  return null;
+}
 
 /**
  * How the files of a move travel, decided on the node `nodeId` that runs the mover for the source pool.
@@ -43,13 +67,26 @@ export function planMoveRoute(from: Pool | undefined, to: Pool | undefined, node
   if (!from) return { ok: false, reason: 'source pool is unknown' };
   if (!to) return { ok: false, reason: 'target pool is unknown' };
   if (from.id === to.id) return { ok: false, reason: 'source and target are the same pool' };
-  // TODO(s3 moves): S3 pools need their own copy path (multipart upload/download); refused until then.
-  if (from.storage_type === 's3' || to.storage_type === 's3')
-    return { ok: false, reason: 'moves to or from S3 pools are not supported yet' };
+  const s3 = s3Refusal(from, 'source') ?? s3Refusal(to, 'target');
+  if (s3) return { ok: false, reason: s3 };
+  if (from.storage_type === 's3') {
+    if (!to.is_active) return { ok: false, reason: `target pool ${to.name} is inactive` };
+    if (to.storage_type === 's3')
+      return { ok: true, mode: 'to-s3', source: from, target: to, sourceBase: null };
+    if (!to.base_path) return { ok: false, reason: 'target pool has no base_path' };
+    if (to.node_id !== nodeId)
+      return {
+        ok: false,
+        reason: `moves out of S3 run on the target's node ${to.node_id}, not on ${nodeId}`,
+      };
+    return { ok: true, mode: 'from-s3', source: from, target: to, targetBase: to.base_path };
+  }
   if (from.node_id !== nodeId)
     return { ok: false, reason: `source pool belongs to node ${from.node_id}, not to ${nodeId}` };
   if (!from.base_path) return { ok: false, reason: 'source pool has no base_path' };
   if (!to.is_active) return { ok: false, reason: `target pool ${to.name} is inactive` };
+  if (to.storage_type === 's3')
+    return { ok: true, mode: 'to-s3', source: from, target: to, sourceBase: from.base_path };
   if (to.node_id === nodeId) {
     if (!to.base_path) return { ok: false, reason: 'target pool has no base_path' };
     return {

@@ -18,14 +18,15 @@ import type { Sql } from '../../shared/db.js';
 import { errorMessage } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Pool } from '../../shared/pools.js';
-import { LocalStore } from '../../shared/storage/local.js';
 import { normaliseStoredPath, PathEscapeError } from '../../shared/storage/paths.js';
 import { waitForCheckpoint } from '../../projections/projector.js';
 import { CONSUMERS } from '../../streams/definitions.js';
 import type { EventOf, MovedFile } from '../../streams/events/catalog.js';
 import { decodeEvent, deterministicId, makeEvent } from '../../streams/events/codec.js';
 import type { Ctx } from '../context.js';
+import { LocalPoolStore, poolStore, S3PoolStore, StoreError } from '../storage/pool-store.js';
 import { ContentMismatchError, copyLocal, FileExistsError, fingerprint, pushFile } from './files.js';
+import { copyFromS3, copyToS3, undoS3Copies } from './s3-files.js';
 import { filesOf, moveRetryDelayMs, planMoveRoute, totalBytes, type VariantFilesRow } from './plan.js';
 
 /** How long the mover waits for its ImageMoved to be projected before handing the message back. */
@@ -165,44 +166,63 @@ async function moveImage(ctx: Ctx, pools: () => Pool[], event: MoveRequested, d:
   const bad = files.find((f) => !normaliseStoredPath(f.path).ok);
   if (bad) return mv.fail(`recorded path ${bad.path} is not a valid pool path`);
 
-  // 1. Copy and verify every file.
-  const source = new LocalStore(route.sourceBase);
-  const target = route.mode === 'local' ? new LocalStore(route.targetBase) : null;
-  // Copies of this image in a local target are orphans while the image is not switched: a failed move
+  // 1. Copy and verify every file. Source and target are stores: a directory of this node, or the
+  // bucket of an S3 pool (then the copy is an upload or a download, verified the same way).
+  const source = poolStore(route.source, ctx.config);
+  const target = route.mode === 'remote' ? null : poolStore(route.target, ctx.config);
+  if (!source || (route.mode !== 'remote' && !target))
+    return mv.fail('the source or target pool has no base_path or bucket');
+  // Copies of this image in the target are orphans while the image is not switched: a failed move
   // removes those that hold exactly our bytes (never a different file that happened to be there).
   const undo = async () => {
-    if (!target) return;
+    if (target instanceof S3PoolStore) return undoS3Copies(target, files);
+    if (!(target instanceof LocalPoolStore)) return;
     for (const f of files) {
-      const there = await fingerprint(target, f.path);
-      if (there && there.size === f.size && there.sha256 === f.sha256) await target.remove(f.path);
+      const there = await fingerprint(target.local, f.path);
+      if (there && there.size === f.size && there.sha256 === f.sha256) await target.local.remove(f.path);
     }
   };
   let copied = 0;
   for (const f of files) {
     d.working();
     if (d.signal.aborted) return retry(1_000, 'shutting down');
-    const st = await source.stat(f.path);
+    let st: { size: number } | null;
+    try {
+      st = await source.stat(f.path);
+    } catch (err) {
+      return isPermanent(err)
+        ? mv.fail(`${f.path}: ${errorMessage(err)}`, undo)
+        : mv.later(`${f.path}: ${errorMessage(err)}`, undo);
+    }
     if (!st) return mv.fail(`source file ${f.path} is missing`, undo);
     if (st.size !== f.size)
       return mv.fail(`source file ${f.path} has ${st.size} bytes, ${f.size} were recorded`, undo);
     if (target) {
       try {
-        if ((await copyLocal(source, target, f)) === 'stored') copied++;
+        const r =
+          target instanceof S3PoolStore
+            ? await copyToS3(source, target, f, () => d.working())
+            : source instanceof S3PoolStore
+              ? await copyFromS3(source, (target as LocalPoolStore).local, f)
+              : await copyLocal((source as LocalPoolStore).local, (target as LocalPoolStore).local, f);
+        if (r === 'stored') copied++;
       } catch (err) {
-        const permanent =
-          err instanceof ContentMismatchError ||
-          err instanceof FileExistsError ||
-          err instanceof PathEscapeError;
-        if (permanent) return mv.fail(`${f.path}: ${errorMessage(err)}`, undo);
+        if (isPermanent(err)) return mv.fail(`${f.path}: ${errorMessage(err)}`, undo);
         return mv.later(`${f.path}: ${errorMessage(err)}`, undo);
       }
     } else if (route.mode === 'remote') {
+      let body;
+      try {
+        body = await source.openRead(f.path);
+      } catch (err) {
+        return mv.later(`${f.path}: ${errorMessage(err)}`);
+      }
       const r = await pushFile({
         url: route.url,
         secret: ctx.config.replicationSecret,
         poolId: route.target.id,
         file: f,
-        source: source.openRead(f.path),
+        source: body,
         signal: d.signal,
       });
       if (r.verdict !== 'ok')
@@ -297,10 +317,11 @@ async function cleanUpSource(mv: Move, from: Pool | undefined): Promise<Outcome>
     log.info({ by: last.data.move_id }, 'another move switched this image; nothing to clean up');
     return ack;
   }
-  if (!from?.base_path || from.node_id !== ctx.config.nodeId)
+  // An S3 source is reachable from every node; a local one only from its own.
+  const store = from ? poolStore(from, ctx.config) : null;
+  if (!from || !store || (!store.remote && from.node_id !== ctx.config.nodeId))
     return retry(60_000, `source pool ${m.from_pool_id} is not served by this node any more`);
   const files: MovedFile[] = last.data.files;
-  const store = new LocalStore(from.base_path);
   try {
     for (const f of files) await store.remove(f.path);
     await ctx.pub.publish(
@@ -324,4 +345,14 @@ async function cleanUpSource(mv: Move, from: Pool | undefined): Promise<Outcome>
   }
   log.info({ files: files.length, bytes: totalBytes(files) }, 'image moved; source files deleted');
   return ack;
+}
+
+/** Refusals that retrying cannot change: a different or corrupt file, a bad path, a store's permanent error. */
+function isPermanent(err: unknown): boolean {
+  return (
+    err instanceof ContentMismatchError ||
+    err instanceof FileExistsError ||
+    err instanceof PathEscapeError ||
+    (err instanceof StoreError && !err.transient)
+  );
 }

@@ -6,6 +6,7 @@ import type { Logger } from '../../shared/logger.js';
 import type { Nats } from '../../shared/nats.js';
 import type { Publisher } from '../../shared/publish.js';
 import { decodeEvent, makeEvent } from '../../streams/events/codec.js';
+import type { AnyEvent } from '../../streams/events/catalog.js';
 import { advisoryRecorderConfig } from '../../streams/definitions.js';
 import type { Names } from '../../streams/subjects.js';
 import { requeueFailedBackups } from '../backup/worker.js';
@@ -120,7 +121,14 @@ export async function retryFailedJobs(
       .getMessage(ctx.names.stream, { seq: job.stream_seq })
       .catch(() => null);
     if (!msg) continue;
-    const ev = decodeEvent(msg.data);
+    let ev: AnyEvent;
+    try {
+      ev = decodeEvent(msg.data);
+    } catch {
+      // A poison message (not an event this code can read) cannot be asked for again: it stays listed,
+      // unretried, for an operator to look at (`events tail --from-seq N` shows its raw bytes).
+      continue;
+    }
     const base = {
       image_id: ev.image_id,
       node_id: ev.node_id,

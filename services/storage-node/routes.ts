@@ -17,7 +17,13 @@ const CORS = {
   'access-control-max-age': '600',
 };
 
-export async function storageNodeRoutes(app: App, ctx: Ctx, pools: () => Pool[]) {
+export async function storageNodeRoutes(
+  app: App,
+  ctx: Ctx,
+  pools: () => Pool[],
+  /** Files of pools not on this node's disk (S3): where to send the reader (see serveUpload). */
+  redirect?: Parameters<typeof serveUpload>[3],
+) {
   await app.register(multipart, { throwFileSizeLimit: false });
   const byId = () => new Map(pools().map((p) => [p.id, p]));
 
@@ -51,7 +57,7 @@ export async function storageNodeRoutes(app: App, ctx: Ctx, pools: () => Pool[])
     },
   );
   const serve = (req: Parameters<typeof serveUpload>[1], reply: Parameters<typeof serveUpload>[2]) =>
-    serveUpload(pools(), req, reply);
+    serveUpload(pools(), req, reply, redirect);
   // fastify adds the HEAD route itself; serveUpload answers HEAD without a body.
   app.get('/uploads/*', { schema: { hide: true } }, serve);
 }

@@ -20,6 +20,8 @@ export async function serveUpload(
   pools: Pool[],
   req: FastifyRequest<{ Params: { '*': string } }>,
   reply: FastifyReply,
+  /** Files not on this node: where they are instead (S3 pools), or null. */
+  redirect?: (rel: string) => Promise<{ location: string; cacheControl: string } | null>,
 ) {
   let raw: string;
   try {
@@ -63,6 +65,12 @@ export async function serveUpload(
     void reply.header('content-length', String(st.size));
     if (req.method === 'HEAD') return reply.status(200).send();
     return reply.status(200).send(store.openRead(rel));
+  }
+  const elsewhere = redirect ? await redirect(rel) : null;
+  if (elsewhere) {
+    void reply.header('cache-control', elsewhere.cacheControl);
+    void reply.header('access-control-allow-origin', '*');
+    return reply.redirect(elsewhere.location, 302);
   }
   throw notFound();
 }

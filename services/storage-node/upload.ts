@@ -27,6 +27,7 @@ import {
   replaceClaim,
   type RateResult,
 } from '../../shared/kv.js';
+import { transaction } from '../../shared/db.js';
 import { planOf } from '../../shared/plans.js';
 import { getPool, type Pool } from '../../shared/pools.js';
 import { randomBase62 } from '../../shared/security/secrets.js';
@@ -44,7 +45,7 @@ import { checkUploadHead, KIND_INFO, MarkupScanner, SNIFF_HEAD_BYTES, type Image
 /** Multipart framing around the file never needs more than this. */
 const MULTIPART_OVERHEAD = 64 * 1024;
 /** A claim older than this whose image never appeared was left by a crash between claim and publish. */
-const STALE_CLAIM_MS = 2 * 60_000;
+export const STALE_CLAIM_MS = 2 * 60_000;
 
 export interface NodePools {
   /** Local/NFS pools of this node, by id (refreshed by the stack). */
@@ -88,6 +89,15 @@ interface Received {
 }
 
 export async function handleUpload(ctx: Ctx, pools: NodePools, req: FastifyRequest, reply: FastifyReply) {
+  // Without the event store nothing can be committed: say so now, not after every KV call timed out.
+  if (!ctx.nats.connected())
+    throw new AppError(
+      503,
+      'event_store_unavailable',
+      'the event store is unreachable; retry shortly',
+      undefined,
+      { 'retry-after': '2' },
+    );
   const settings = await ctx.settings.all();
   await enforceRate(ctx, reply, 'ip', req.ip, settings.upload_rate_limit_per_minute);
   if (!settings.image_upload_enabled || !settings.direct_upload_enabled) {
@@ -357,7 +367,7 @@ async function store(
 }
 
 /** The existing image of a duplicate, giving a just-published one a moment to be projected. */
-async function waitForImage(ctx: Ctx, imageId: string, userId: string) {
+export async function waitForImage(ctx: Ctx, imageId: string, userId: string) {
   for (let i = 0; i < 40; i++) {
     const view = await loadImageView(ctx.sql, imageId);
     if (view && view.image.user_id === userId && !view.image.deleted_at) return view;
@@ -371,9 +381,9 @@ async function waitForImage(ctx: Ctx, imageId: string, userId: string) {
  * Atomic quota: under a per-user advisory lock, projected usage + not-yet-projected reservations + this
  * file must fit. The projector deletes the reservation in the transaction that counts the image.
  */
-async function reserveQuota(ctx: Ctx, user: User, imageId: string, size: number) {
+export async function reserveQuota(ctx: Ctx, user: User, imageId: string, size: number) {
   const quota = planOf(user.plan).quotaBytes;
-  await ctx.sql.begin(async (tx) => {
+  await transaction(ctx.sql, async (tx) => {
     await tx`select pg_advisory_xact_lock(hashtext(${'quota:' + user.id}))`;
     const [row] = await tx<{ used: number }[]>`
       select coalesce((select used_bytes from user_usage where user_id = ${user.id}), 0)
@@ -391,7 +401,7 @@ async function reserveQuota(ctx: Ctx, user: User, imageId: string, size: number)
   });
 }
 
-function sanitizeFilename(name: string | undefined): string | null {
+export function sanitizeFilename(name: string | undefined): string | null {
   if (!name) return null;
   // Keep it displayable: no control characters, no path, bounded length.
   const CONTROL = /[\p{Cc}]/gu;

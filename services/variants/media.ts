@@ -37,6 +37,10 @@ export type AvifEngine = 'sharp' | 'ffmpeg';
 export const DEFAULT_PIXEL_LIMIT = 268_402_689;
 /** Per-operation timeout: a pathological file must fail, never hang a worker slot. */
 export const DEFAULT_TIMEOUT_SECONDS = 120;
+/** Outputs encoded at once. libwebp encodes on a single thread, so a second output in flight keeps
+ * another core busy (the full-size WebP and AVIF overlap): ~15 % less wall time per image on 2 cores,
+ * for one more encoder's memory. */
+export const DEFAULT_PARALLEL_OUTPUTS = 2;
 
 export interface EncoderSettings {
   webp: { quality: number; effort: number };
@@ -66,8 +70,8 @@ export const ENCODER_SETTINGS: Readonly<EncoderSettings> = Object.freeze<Encoder
 /**
  * Default AVIF engine, chosen from the benchmark (bench/RESULTS-variants.md): sharp is in-process,
  * needs no extra binary, takes any size and alpha, and its whole render of an 8 MP photo peaks around
- * 300 MB RSS, while the SVT-AV1 child alone peaks near 1 GB for the same photo, and sharp (effort 1)
- * is ~3× faster on the full size. SVT-AV1 makes ~20 % smaller full-size AVIFs at equal SSIM, so
+ * 300-350 MB RSS, while the SVT-AV1 child alone peaks near 1 GB for the same photo, and sharp (effort 1)
+ * is 2-3× faster on the full size. SVT-AV1 makes ~20 % smaller full-size AVIFs at equal SSIM, so
  * 'ffmpeg' is the choice where bytes matter more than memory and time.
  */
 export const DEFAULT_AVIF_ENGINE: AvifEngine = 'sharp';
@@ -99,13 +103,16 @@ export interface RenderOptions {
   timeoutSeconds?: number;
   /** called after each written variant, so the caller can send JetStream in-progress acks */
   onProgress?: () => void;
+  /** outputs encoded at once (default DEFAULT_PARALLEL_OUTPUTS); 1 = lowest peak memory */
+  parallel?: number;
   /** tuning and benchmarks only: overrides ENCODER_SETTINGS per format */
   encoders?: Partial<EncoderSettings>;
 }
 
 export interface MediaConfig {
-  /** libvips threads per operation. sharp picks 1 on glibc without jemalloc to limit memory
-   * fragmentation; a worker that processes one image at a time may use the core count. */
+  /** libvips threads per operation. sharp picks 1 on glibc without jemalloc (memory fragmentation);
+   * with DEFAULT_PARALLEL_OUTPUTS outputs in flight that is also the fastest on 2 cores (measured in
+   * bench/variants.ts), so the worker need not change it. */
   concurrency?: number;
   ffmpegPath?: string;
 }
@@ -251,26 +258,56 @@ export async function renderVariants(
 ): Promise<RenderedVariant[]> {
   if (specs.length === 0) return [];
   const ctx: Ctx = {
+    origin: { width: probe.width, height: probe.height },
     enc: { ...ENCODER_SETTINGS, ...opts.encoders },
     limit: opts.pixelLimit ?? DEFAULT_PIXEL_LIMIT,
     timeoutSeconds: opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS,
     ffmpegAvif:
       opts.avifEngine === 'ffmpeg' && specs.some((s) => s.format === 'avif') && (await ffmpegAvifUsable()),
+    largestThumb: Math.max(0, ...specs.map((s) => s.maxWidth ?? 0)),
+    sized: new Map(),
   };
   const source = await decodeOnce(absSrc, probe, specs, ctx);
+  // a probe that disagrees with the pixels (not from probeImage, or not oriented) must not distort
+  const ratio = source.width / source.height / (ctx.origin.width / ctx.origin.height);
+  if (Math.abs(ratio - 1) > 0.02) ctx.origin = { width: source.width, height: source.height };
   const results: RenderedVariant[] = [];
-  for (const spec of specs) {
-    results.push(await renderOne(source, spec, toAbs(spec.relPath), ctx));
-    opts.onProgress?.();
-  }
+  let next = 0;
+  let failed = false;
+  const lane = async (): Promise<void> => {
+    while (!failed && next < specs.length) {
+      const i = next++;
+      const spec = specs[i];
+      if (!spec) continue;
+      try {
+        results[i] = await renderOne(source, spec, toAbs(spec.relPath), ctx);
+      } catch (err) {
+        failed = true; // the other lane finishes its current output and stops
+        throw err;
+      }
+      opts.onProgress?.();
+    }
+  };
+  const lanes = Math.max(1, Math.min(opts.parallel ?? DEFAULT_PARALLEL_OUTPUTS, specs.length));
+  // allSettled: never resolve or reject while a lane is still writing a file
+  const settled = await Promise.allSettled(Array.from({ length: lanes }, lane));
+  const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (rejected) throw rejected.reason instanceof Error ? rejected.reason : new Error(String(rejected.reason));
   return results;
 }
 
 interface Ctx {
+  /** the original's oriented (per-frame) size: thumbnail sizes derive from it, not from a
+   * shrink-on-load decode, so every plan gets the same thumbnail dimensions */
+  origin: { width: number; height: number };
   enc: EncoderSettings;
   limit: number;
   timeoutSeconds: number;
   ffmpegAvif: boolean;
+  /** the largest thumbnail's size: smaller thumbnails are derived from it, not from full-size pixels */
+  largestThumb: number;
+  /** resized frames already made, by `${animated}:${width}x${height}` */
+  sized: Map<string, Promise<Frames>>;
 }
 
 async function decodeOnce(
@@ -280,9 +317,8 @@ async function decodeOnce(
   ctx: Ctx,
 ): Promise<Frames> {
   const needFull = specs.some((s) => s.maxWidth === null);
-  const largestThumb = Math.max(0, ...specs.map((s) => s.maxWidth ?? 0));
   // shrink-on-load: with no full-size output, decode straight to the largest thumbnail width
-  const decodeWidth = needFull ? null : largestThumb;
+  const decodeWidth = needFull ? null : ctx.largestThumb;
   const pages = probe.pages ?? 1;
   const wantsAnimation =
     pages > 1 && specs.some((s) => s.format === 'gif' || (s.format === 'webp' && s.maxWidth !== null));
@@ -304,7 +340,8 @@ function inputOptions(ctx: Ctx): SharpOptions {
 }
 
 async function decodeStill(absSrc: string, decodeWidth: number | null, ctx: Ctx): Promise<Frames> {
-  let img = sharp(absSrc, { ...inputOptions(ctx), pages: 1 }).autoOrient();
+  // no `pages` option: multi-page formats then load one page, and HEIF its primary image
+  let img = sharp(absSrc, inputOptions(ctx)).autoOrient();
   if (decodeWidth !== null) img = img.resize({ width: decodeWidth, withoutEnlargement: true });
   return toFrames(img, ctx, 1);
 }
@@ -354,25 +391,15 @@ async function decodeBmp(
   ctx: Ctx,
 ): Promise<Frames> {
   const expected = probe.width * probe.height * 4;
-  const res = await runProcess(
-    ffmpegPath,
-    [
-      '-hide_banner',
-      '-loglevel',
-      'error',
-      '-nostdin',
-      '-i',
-      absSrc,
-      '-frames:v',
-      '1',
-      '-f',
-      'rawvideo',
-      '-pix_fmt',
-      'rgba',
-      'pipe:1',
-    ],
-    { timeoutMs: ctx.timeoutSeconds * 1000, maxStdout: expected },
-  ).catch((err: unknown) => {
+  const args = [
+    // the BMP demuxer explicitly (no content probing), and `file:` so no path is read as a protocol
+    ...['-hide_banner', '-loglevel', 'error', '-nostdin', '-f', 'bmp_pipe', '-i', `file:${absSrc}`],
+    ...['-frames:v', '1', '-f', 'rawvideo', '-pix_fmt', 'rgba', 'pipe:1'],
+  ];
+  const res = await runProcess(ffmpegPath, args, {
+    timeoutMs: ctx.timeoutSeconds * 1000,
+    maxStdout: expected,
+  }).catch((err: unknown) => {
     if (isErrnoException(err) && err.code === 'ENOENT')
       throw new Error('BMP decoding needs ffmpeg, which was not found');
     throw err;
@@ -428,6 +455,34 @@ function firstFrame(src: Frames): Frames {
   return { ...rest, data: src.data.subarray(0, src.width * src.height * src.channels), pages: 1 };
 }
 
+/**
+ * The frames for a target width. Each size is resized once and shared by its formats (medium JPEG,
+ * WebP and AVIF use one resize), and thumbnails smaller than the largest come from the largest
+ * thumbnail rather than from the full-size pixels (a 500 px image is ~40× less to resample than 8 MP).
+ */
+async function framesAt(
+  source: Frames,
+  animated: boolean,
+  maxWidth: number | null,
+  ctx: Ctx,
+): Promise<Frames> {
+  const base = animated ? source : firstFrame(source);
+  if (maxWidth === null) return base;
+  const size = outputSize(maxWidth, ctx.origin.width, ctx.origin.height);
+  if (size.width === base.width && size.height === base.height) return base;
+  const key = `${animated}:${size.width}x${size.height}`;
+  let frames = ctx.sized.get(key); // a promise: parallel outputs of one size share one resize
+  if (!frames) {
+    frames = (async () => {
+      const from =
+        maxWidth < ctx.largestThumb ? await framesAt(source, animated, ctx.largestThumb, ctx) : base;
+      return resizeFrames(from, size, ctx);
+    })();
+    ctx.sized.set(key, frames);
+  }
+  return frames;
+}
+
 async function renderOne(
   source: Frames,
   spec: VariantSpec,
@@ -436,10 +491,7 @@ async function renderOne(
 ): Promise<RenderedVariant> {
   const animated =
     source.pages > 1 && (spec.format === 'gif' || spec.format === 'webp') && spec.maxWidth !== null;
-  const base = animated ? source : firstFrame(source);
-  const size = outputSize(spec.maxWidth, base.width, base.height);
-  const frames =
-    size.width === base.width && size.height === base.height ? base : await resizeFrames(base, size, ctx);
+  const frames = await framesAt(source, animated, spec.maxWidth, ctx);
 
   let encoder: RenderedVariant['encoder'] = 'sharp';
   let data: Buffer;

@@ -6,13 +6,20 @@ import { deterministicId, makeEvent } from '../../streams/events/codec.js';
 import type { AnyEvent } from '../../streams/events/catalog.js';
 import { ack, retry, type Delivery, type Handler, type Outcome } from '../../shared/consumer.js';
 import { errorMessage } from '../../shared/errors.js';
+import { planOf } from '../../shared/plans.js';
 import type { Pool } from '../../shared/pools.js';
-import { LocalStore } from '../../shared/storage/local.js';
 import { getUser } from '../../shared/users.js';
 import { CONSUMERS } from '../../streams/definitions.js';
 import { observeProcessing } from '../../shared/metrics.js';
 import type { Ctx } from '../context.js';
 import { handOnIfMoved } from '../routing.js';
+import {
+  contentTypeOf,
+  isTransientStoreError,
+  poolStore,
+  type LocalCopy,
+  type OutputStage,
+} from '../storage/pool-store.js';
 import { detectAvifEngines, probeImage, renderVariants } from './media.js';
 import { extractMetadata } from './metadata.js';
 import { entitlementsFor, planVariants } from './plan.js';
@@ -22,6 +29,9 @@ interface Job {
   userId: string;
   poolId: string;
   storedPath: string;
+  /** recorded size and SHA-256 of the original: a copy fetched from S3 is checked against them */
+  size: number;
+  sha256: string;
   cause: string;
   correlationId: string | null;
 }
@@ -58,6 +68,8 @@ async function jobFor(ctx: Ctx, event: AnyEvent): Promise<Job | null> {
         userId: event.data.user_id,
         poolId: event.pool_id ?? '',
         storedPath: event.data.stored_path,
+        size: event.data.size,
+        sha256: event.data.sha256,
         cause: event.id,
         correlationId: event.correlation_id,
       };
@@ -68,10 +80,13 @@ async function jobFor(ctx: Ctx, event: AnyEvent): Promise<Job | null> {
           storage_pool_id: string;
           node_id: string;
           stored_path: string;
+          size: number;
+          sha256: string;
           deleted_at: Date | null;
         }[]
       >`
-        select user_id, storage_pool_id, node_id, stored_path, deleted_at from images where id = ${event.image_id}`;
+        select user_id, storage_pool_id, node_id, stored_path, size, sha256, deleted_at
+        from images where id = ${event.image_id}`;
       if (!row || row.deleted_at) return null;
       if ((await handOnIfMoved(ctx, event, row.node_id)) !== null) return null;
       return {
@@ -79,6 +94,8 @@ async function jobFor(ctx: Ctx, event: AnyEvent): Promise<Job | null> {
         userId: row.user_id,
         poolId: row.storage_pool_id,
         storedPath: row.stored_path,
+        size: Number(row.size),
+        sha256: row.sha256,
         cause: event.id,
         correlationId: event.correlation_id,
       };
@@ -101,7 +118,9 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
     const job = await jobFor(ctx, event);
     if (!job) return ack;
     const pool = pools().find((p) => p.id === job.poolId);
-    if (!pool?.base_path) return retry(30_000, `pool ${job.poolId} is not known on this node`);
+    // Local pools are read in place; S3 pools through bounded temp files (see ../storage/pool-store.ts).
+    const store = pool ? poolStore(pool, ctx.config) : null;
+    if (!pool || !store) return retry(30_000, `pool ${job.poolId} is not known on this node`);
     const [gone] = await ctx.sql<
       { deleted_at: Date | null }[]
     >`select deleted_at from images where id = ${job.imageId}`;
@@ -116,6 +135,8 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
     };
     const id = (...parts: (string | number)[]) => deterministicId(job.cause, d.deliveryCount, ...parts);
     const started = Date.now();
+    let original: LocalCopy | null = null;
+    let stage: OutputStage | null = null;
     try {
       await ctx.pub.publish(
         makeEvent('ImageProcessingStarted', {
@@ -124,13 +145,20 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
           data: { attempt: d.deliveryCount },
         }),
       );
-      const store = new LocalStore(pool.base_path);
-      const src = store.resolve(job.storedPath);
       const [settings, user, engines] = await Promise.all([
         ctx.settings.all(),
         getUser(ctx.sql, job.userId),
         enginesOnce,
       ]);
+      // Never more than the plan allows (or the recorded size, for a file stored before a downgrade).
+      original = await store.fetchToTemp(job.storedPath, {
+        maxBytes: Math.max(planOf(user?.plan ?? 'free').maxFileBytes, job.size),
+        size: job.size,
+        sha256: job.sha256,
+      });
+      const src = original.path;
+      stage = await store.stageOutputs();
+      const out = stage;
       const probe = await probeImage(src, { pixelLimit: ctx.config.maxImagePixels });
       const ent = entitlementsFor(settings, user?.plan ?? 'free', user?.prefs ?? {});
       const datePath = /^original\/(\d{4}\/\d{2}\/\d{2})\//.exec(job.storedPath)?.[1] ?? '1970/01/01';
@@ -142,7 +170,7 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
       // renderVariants reports each written spec in order: time each output (the first includes the decode).
       let done = 0;
       let mark = Date.now();
-      const rendered = await renderVariants(src, probe, specs, (rel) => store.resolve(rel), {
+      const rendered = await renderVariants(src, probe, specs, (rel) => out.toAbs(rel), {
         avifEngine: engine,
         pixelLimit: ctx.config.maxImagePixels,
         onProgress: () => {
@@ -152,6 +180,15 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
         },
       });
       d.working();
+      // Into the pool (S3: uploaded with Content-Type and immutable caching; local: already in place).
+      for (const r of rendered) {
+        await out.commit(r.spec.relPath, {
+          contentType: contentTypeOf(r.spec.relPath),
+          sha256: r.sha256,
+          onProgress: () => d.working(),
+        });
+        d.working();
+      }
       const metadata = await extractMetadata(src);
       observeProcessing('metadata', Date.now() - mark);
       // Stable ids per output (not per delivery): a redelivery's duplicates are dropped by the stream.
@@ -215,7 +252,7 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
       return ack;
     } catch (err) {
       const last = maxDeliver > 0 && d.deliveryCount >= maxDeliver;
-      if (isTransient(err) && !last)
+      if ((isTransient(err) || isTransientStoreError(err)) && !last)
         return retry(Math.min(60_000, 2_000 * 2 ** d.deliveryCount), errorMessage(err));
       // Expected failures become events: the image ends `failed` with a reason, the consumer moves on.
       const reason = errorMessage(err).slice(0, 500);
@@ -232,6 +269,10 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
       }
       ctx.log.warn({ imageId: job.imageId, reason }, 'image processing failed');
       return ack;
+    } finally {
+      // Temp copies and staged outputs of S3 pools never outlive the job.
+      await original?.release().catch(() => undefined);
+      await stage?.dispose().catch(() => undefined);
     }
   };
 }

@@ -167,7 +167,7 @@ export function closeS3Clients(): void {
 }
 
 /** The object key for `key` inside a pool, honouring the pool's optional prefix. */
-export function poolKey(cfg: S3PoolConfig, key: string): string {
+export function poolKey(cfg: Pick<S3PoolConfig, 'prefix'>, key: string): string {
   const prefix = cfg.prefix?.replace(/^\/+|\/+$/g, '') ?? '';
   const rest = key.replace(/^\/+/, '');
   return prefix === '' ? rest : `${prefix}/${rest}`;
@@ -471,7 +471,8 @@ export async function ensureBucket(client: S3Client, bucket: string): Promise<vo
   }
 }
 
-async function bucketExists(client: S3Client, bucket: string): Promise<boolean> {
+/** HEAD on the bucket: true when it is there and readable with these credentials (pool health checks). */
+export async function bucketExists(client: S3Client, bucket: string): Promise<boolean> {
   try {
     await client.send(new HeadBucketCommand({ Bucket: bucket }));
     return true;

@@ -86,11 +86,14 @@ t.test('metrics', async (t) => {
     }
     t.equal(value(s, 'pixelfox_consumer_pending_messages', processor), 0, 'processor idle');
     for (const kind of ['processor', 'reprocessor', 'backup-scheduler', 'backup', 'deleter', 'mover']) {
-      t.equal(
-        pick(s, 'pixelfox_consumer_ack_pending_messages', { kind }).length,
-        1,
-        `${kind} consumer listed`,
-      );
+      // One for this node and one for `_any` (S3 pools, consumed by every worker node).
+      for (const nodeId of [node.config.nodeId, '_any']) {
+        t.equal(
+          pick(s, 'pixelfox_consumer_ack_pending_messages', { kind, node: nodeId }).length,
+          1,
+          `${kind} consumer of ${nodeId} listed`,
+        );
+      }
     }
     const pool = pick(s, 'pixelfox_pool_used_bytes', { pool: 'default' })[0];
     t.ok(pool, 'default pool listed');

@@ -54,6 +54,7 @@ const KNOWN_GAPS: Readonly<Record<string, readonly ('response' | 'body')[]>> = {
 
 /** POST/PUT/PATCH operations that take no body by design (the path says everything). */
 const NO_BODY = new Set([
+  'POST /api/v1/uploads/{upload_id}/complete',
   'POST /api/admin/keys/{id}/revoke',
   'POST /api/admin/keys/{id}/rotate',
   'POST /api/admin/images/{id}/reprocess',
