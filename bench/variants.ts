@@ -627,7 +627,7 @@ async function cloneStrategy(input: string, specs: VariantSpec[], dir: string): 
   await Promise.all(Array.from({ length: DEFAULT_PARALLEL_OUTPUTS }, lane));
 }
 
-interface Grey {
+export interface Grey {
   data: Uint8Array;
   width: number;
   height: number;

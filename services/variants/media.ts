@@ -23,6 +23,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import Ffmpeg from 'fluent-ffmpeg';
 import sharp from 'sharp';
 import type { Metadata, Sharp, SharpOptions } from 'sharp';
 import { outputSize } from './plan.js';
@@ -607,13 +608,23 @@ let fallbackWarned = false;
 export function detectAvifEngines(): Promise<{ sharp: true; ffmpeg: boolean }> {
   enginesPromise ??= (async () => {
     try {
-      const [encoders, muxers] = await Promise.all([
-        runProcess(ffmpegPath, ['-hide_banner', '-encoders'], { timeoutMs: 10_000, maxStdout: 1 << 20 }),
-        runProcess(ffmpegPath, ['-hide_banner', '-muxers'], { timeoutMs: 10_000, maxStdout: 1 << 20 }),
+      // fluent-ffmpeg asks the binary what it can do (encoders and muxers); the encoding itself is a
+      // plain spawn below, with explicit arguments and a hard kill on timeout.
+      Ffmpeg.setFfmpegPath(ffmpegPath);
+      const withTimeout = <T>(f: (cb: (err: Error | null, v: T) => void) => void) =>
+        new Promise<T>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error('ffmpeg capability probe timed out')), 10_000);
+          f((err, v) => {
+            clearTimeout(t);
+            if (err) reject(err);
+            else resolve(v);
+          });
+        });
+      const [encoders, formats] = await Promise.all([
+        withTimeout<Ffmpeg.Encoders>((cb) => Ffmpeg.getAvailableEncoders(cb)),
+        withTimeout<Ffmpeg.Formats>((cb) => Ffmpeg.getAvailableFormats(cb)),
       ]);
-      const ok =
-        /^\s*V\S*\s+libsvtav1\s/m.test(encoders.stdout.toString()) &&
-        /^\s*E\s+avif\s/m.test(muxers.stdout.toString());
+      const ok = encoders.libsvtav1?.type === 'video' && formats.avif?.canMux === true;
       return { sharp: true as const, ffmpeg: ok };
     } catch {
       return { sharp: true as const, ffmpeg: false };
