@@ -4,7 +4,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', 'data/**', 'coverage/**', '.tap/**', 'bin/**', 'eslint.config.js', 'services/api/admin-ui/**'] },
+  { ignores: ['**/.*', '**/.*/**', '**/*.mjs', 'test/chaos/tmp-debug/**', 'node_modules/**', 'data/**', 'coverage/**', '.tap/**', 'bin/**', 'eslint.config.js', 'services/api/admin-ui/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -19,7 +19,12 @@ export default tseslint.config(
   },
   {
     // tap tracks its own subtests: `t.test(...)` needs no await at top level.
-    files: ['test/**/*.ts'],
-    rules: { '@typescript-eslint/no-floating-promises': 'off' },
+    files: ['test/**/*.ts', 'bench/**/*.ts'],
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'off',
+      // Tests and benchmarks build hostile inputs (control characters) and poll loops on purpose.
+      'no-control-regex': 'off',
+      'no-useless-assignment': 'off',
+    },
   },
 );

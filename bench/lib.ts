@@ -10,7 +10,8 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createSql, dropDatabase, ensureDatabase, type Sql } from '../shared/db.js';
+import postgres from 'postgres';
+import { dropDatabase, ensureDatabase, type Sql } from '../shared/db.js';
 import { createLogger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { cleanupNamespace, NATS_URL, type TestEnv } from '../test/helpers/stack.js';
@@ -57,8 +58,10 @@ export interface BenchSection {
   rows: BenchRow[];
   /** the detailed markdown section (starts with a `##` heading) */
   markdown: string;
-  /** what bounds a missed target, and any change made because of it */
+  /** what bounds a missed target */
   notes?: string[];
+  /** changes made in the product because of this benchmark (what, where, measured effect) */
+  changes?: string[];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,7 +149,22 @@ export async function benchEnv(c: Cleanups): Promise<TestEnv> {
       ...secrets,
       ...extra,
     }),
-    sql: () => (sql ??= createSql(databaseUrl, { max: 4 })),
+    // Its own application_name: the benches count the CPU of the node's Postgres backends ('pixelfox').
+    sql: () =>
+      (sql ??= postgres(databaseUrl, {
+        max: 4,
+        onnotice: () => {},
+        connection: { search_path: 'rm,public', application_name: 'pixelfox-bench' },
+        types: {
+          bigint: {
+            to: 20,
+            from: [20],
+            serialize: (x: number) => String(x),
+            parse: (x: string) => Number(x),
+          },
+        },
+        transform: { undefined: null },
+      })),
   };
 }
 

@@ -27,7 +27,7 @@ import {
   type BenchOptions,
   type BenchSection,
 } from './lib.js';
-import { probeImage, renderVariants } from '../services/variants/media.js';
+import { DEFAULT_PARALLEL_OUTPUTS, probeImage, renderVariants } from '../services/variants/media.js';
 import { PIXEL_LIMIT, renderVariantSet, specsFor } from './variant-set.js';
 
 export interface MemoryBenchOptions extends BenchOptions {
@@ -179,11 +179,13 @@ export async function runMemoryBench(opts: MemoryBenchOptions = {}): Promise<Ben
           `encode (sharp → libheif → libaom) alone peaks at ${f0(avif.peakMiB)} MiB, i.e. the encoder needs ` +
           `~${f0(perMp)} MiB per megapixel on top of the decoded pixels (${f0(rawMiB)} MiB), whatever the effort, ` +
           `thread count or input path (measured while investigating: effort 0/1, concurrency 1/2, from the raw ` +
-          `buffer or the file: all within 2 %); the other outputs stay far below it. Not changed in the product: ` +
-          `the options are product decisions: cap the full-size AVIF (skip it, or make it at most ~${f0(fits)} MP, ` +
-          `which fits), use the ffmpeg/SVT-AV1 engine for large images (a separate process, but it needs even more ` +
-          `memory per pixel, see section 1), or size workers for it. With job_queue_worker_count 2 two such images ` +
-          `in flight need about twice as much.`,
+          `buffer or the file: all within 2 %). The other ${f0(one.peakMiB - avif.peakMiB)} MiB of the full set are ` +
+          `the output encoded alongside it (media.ts encodes ${DEFAULT_PARALLEL_OUTPUTS} outputs at once; the ` +
+          `full-size WebP overlaps the AVIF), which \`parallel: 1\` would save for large images, but the AVIF ` +
+          `alone is over the limit. Not changed in the product, the options are product decisions: cap the ` +
+          `full-size AVIF (skip it, or make it at most ~${f0(fits)} MP, which fits), use the ffmpeg/SVT-AV1 engine ` +
+          `for large images (a separate process, but it needs even more memory per pixel, see section 1), or size ` +
+          `workers for it. With job_queue_worker_count 2, two such images in flight need about twice as much.`,
       );
     }
     return {

@@ -20,6 +20,7 @@ import {
   JOLLA,
   load1,
   median,
+  profileEnv,
   runStandalone,
   sleep,
   table,
@@ -65,7 +66,10 @@ export async function runPipelineBench(opts: PipelineBenchOptions = {}): Promise
   return withCleanups(log, async (c) => {
     const env = await benchEnv(c);
     await benchSettings(env);
-    const node = await spawnNode(env, { roles: ['api', 'storage', 'worker', 'projector'] });
+    const node = await spawnNode(env, {
+      roles: ['api', 'storage', 'worker', 'projector'],
+      extra: profileEnv(),
+    });
     c.teardown(() => node.stop());
     const nodePid = node.child.pid ?? 0;
     const user = await makeUser(env, 'premium_max');

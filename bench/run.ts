@@ -1,16 +1,19 @@
 // `npm run bench`: every benchmark in turn, each row printed with its ratio to the baseline measured in
 // the same run, then BENCHMARKS.md (repo root) with the machine, the date, how to reproduce, a summary
 // table and each benchmark's section (bench/RESULTS-variants.md and bench/RESULTS-projections.md, where
-// they exist, are appended as the benchmark authors' reference runs).
+// they exist, are appended as the benchmark authors' reference runs). Each benchmark runs in a child
+// process of its own.
 //
-//   npm run bench                                   full run (~12 min on 2 cores), writes BENCHMARKS.md
+//   npm run bench                                   full run (7–13 min on 2 cores, load-dependent), writes BENCHMARKS.md
 //   BENCH_QUICK=1 npm run bench                     smoke run, small inputs, writes a temp file
 //   BENCH_ONLY=pipeline,publish npm run bench       a subset (ids below), writes a temp file
 //   BENCH_EVENTS=1000000 npm run bench              projection rebuild over 1M events (default 200 000)
 //   BENCH_OUT=path.md                               where to write instead
+import { spawn } from 'node:child_process';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import sharp from 'sharp';
 import postgres from 'postgres';
@@ -215,7 +218,7 @@ async function serviceVersions(): Promise<{ nats: string; postgres: string }> {
   const base = process.env.BENCH_PG_URL ?? process.env.TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432';
   const sql = postgres(`${base}/postgres`, { max: 1, onnotice: () => {} });
   try {
-    const [row] = await sql<{ v: string }[]>`show server_version`;
+    const [row] = await sql<{ v: string }[]>`select current_setting('server_version') as v`;
     pg = row?.v ?? 'unknown';
   } catch {
     // reported as unknown
@@ -238,6 +241,47 @@ async function appendix(file: string): Promise<string | null> {
     '</details>',
     '',
   ].join('\n');
+}
+
+/**
+ * Each benchmark runs in a child process of its own (`run.ts --one <id> <result.json>`): no memory, native
+ * thread pool or event-loop leftovers of one benchmark skew the next, and a crash ends only that one.
+ */
+async function runIsolated(entry: Entry, quick: boolean): Promise<BenchSection | Skip> {
+  const file = path.join(os.tmpdir(), `pixelfox-bench-${process.pid}-${entry.id}.json`);
+  try {
+    const child = spawn(
+      process.execPath,
+      [...process.execArgv, fileURLToPath(import.meta.url), '--one', entry.id, file],
+      {
+        stdio: 'inherit',
+        env: { ...process.env, BENCH_QUICK: quick ? '1' : '' },
+      },
+    );
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    const text = await readFile(file, 'utf8').catch(() => null);
+    if (!text) throw new Error(`benchmark process exited with ${code} and no result`);
+    const result = JSON.parse(text) as BenchSection | Skip | { error: string };
+    if ('error' in result) throw new Error(result.error);
+    return result;
+  } finally {
+    await rm(file, { force: true });
+  }
+}
+
+/** Child mode: run one benchmark, write its section (or the error) as JSON. */
+async function one(id: string, file: string): Promise<void> {
+  const entry = ENTRIES.find((e) => e.id === id);
+  if (!entry) throw new Error(`unknown benchmark ${id}`);
+  try {
+    await writeFile(file, JSON.stringify(await entry.run(isQuick(), consoleLog)));
+  } catch (err) {
+    await writeFile(
+      file,
+      JSON.stringify({ error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
+    );
+    process.exitCode = 1;
+  }
 }
 
 async function main(): Promise<void> {
@@ -270,7 +314,7 @@ async function main(): Promise<void> {
     log(`== [${i + 1}/${entries.length}] ${entry.title}`);
     const t = performance.now();
     try {
-      const out = await entry.run(quick, log);
+      const out = await runIsolated(entry, quick);
       if (isSkip(out)) {
         log(`  SKIPPED: ${out.skipped}`);
         notRun.push({ entry, reason: out.skipped });
@@ -376,6 +420,13 @@ async function main(): Promise<void> {
     for (const { s, n } of notes) md.push(`- **${s.title}:** ${n}`);
     md.push('');
   }
+  const changes = sections.flatMap((s) => (s.changes ?? []).map((c) => ({ s, c })));
+  if (changes.length) {
+    md.push('## Changes made in the product because of these benchmarks');
+    md.push('');
+    for (const { s, c } of changes) md.push(`- **${s.title}:** ${c}`);
+    md.push('');
+  }
   for (const s of sections) {
     md.push(s.markdown.trim());
     md.push('');
@@ -404,4 +455,6 @@ async function main(): Promise<void> {
   if (notRun.some((n) => n.reason.startsWith('failed'))) process.exitCode = 1;
 }
 
-await main();
+const argv = process.argv.slice(2);
+if (argv[0] === '--one') await one(argv[1] ?? '', argv[2] ?? '');
+else await main();

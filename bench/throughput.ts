@@ -22,6 +22,7 @@ import {
   JOLLA,
   load1,
   pct,
+  profileEnv,
   runStandalone,
   sleep,
   table,
@@ -119,7 +120,10 @@ export async function runThroughputBench(opts: ThroughputBenchOptions = {}): Pro
       return ms;
     };
 
-    const node = await spawnNode(env, { roles: ['api', 'storage', 'worker', 'projector'] });
+    const node = await spawnNode(env, {
+      roles: ['api', 'storage', 'worker', 'projector'],
+      extra: profileEnv(),
+    });
     c.teardown(() => node.stop());
     const user = await makeUser(env, 'premium_max');
     const sql = env.sql();

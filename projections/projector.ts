@@ -1,6 +1,7 @@
 // The projection engine: reads the event stream in order and applies each event to the read models in
 // one transaction together with its checkpoint (the last applied stream sequence). A crash at any point
-// neither loses nor double-applies an event. Many events per transaction, pipelined, for speed.
+// neither loses nor double-applies an event. Many events per transaction, applied as a few set-based
+// statements (one per event type and round: see groupBatch), pipelined, for speed.
 //
 // Only one projector applies at a time: a Postgres advisory lock elects the leader (a standby takes over
 // when the leader's session dies), and every batch additionally moves the checkpoint with a
@@ -98,6 +99,32 @@ interface LockSession {
   started: string;
 }
 
+/**
+ * sql.reserve(), waiting at most `ms`: after a Postgres restart, postgres.js 3.4.9 can drop a reserve
+ * request it handed to a reconnecting connection, and that reserve() never settles. A connection granted
+ * after the timeout is handed straight back.
+ */
+async function reserveWithin(sql: Sql, ms: number): Promise<Awaited<ReturnType<Sql['reserve']>>> {
+  const pending = sql.reserve();
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      pending,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no connection reserved within ${ms} ms`)), ms);
+      }),
+    ]);
+  } catch (err) {
+    pending.then(
+      (c) => c.release(),
+      () => undefined,
+    );
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Whether the backend of a reserved connection is still there (asked on another connection). */
 async function sessionAlive(sql: Sql, s: LockSession | null): Promise<boolean> {
   if (!s) return false;
@@ -121,7 +148,7 @@ export async function runProjector(o: ProjectorOptions): Promise<void> {
     let session: LockSession | null = null;
     try {
       if (!o.exclusive) {
-        lockConn = await o.sql.reserve();
+        lockConn = await reserveWithin(o.sql, 3_000);
         state.connected = true;
         const [row] = await lockConn<({ ok: boolean } & LockSession)[]>`
           select pg_try_advisory_lock(${LEADER_LOCK}) as ok, pg_backend_pid() as pid,

@@ -42,7 +42,9 @@ async function catchUp(o: BuildOptions, schema: string, untilSeq: number): Promi
     schema,
     exclusive: true,
     stopAtSeq: untilSeq,
-    batchSize: o.batchSize ?? 2000,
+    // Larger than the live projector's: each batch is ~20 set-based statements however many events it
+    // holds, so bigger batches mean fewer statements per event (5000 measured best in bench/projections.ts).
+    batchSize: o.batchSize ?? 5000,
     onBatch: (seq) => o.onProgress?.(seq, untilSeq),
   });
   return readCheckpoint(o.sql, schema, 'main');

@@ -9,6 +9,7 @@ import { deleteHandler } from './deleter/worker.js';
 import { moveHandler } from './mover/worker.js';
 import { variantHandler } from './variants/worker.js';
 import { backupHandler, backupSchedulerHandler, requeueFailedBackups } from './backup/worker.js';
+import { recordTerminated } from './ops/failed-jobs.js';
 
 export interface Workers {
   runners: ConsumerRunner[];
@@ -77,6 +78,8 @@ export function startWorkers(ctx: Ctx, pools: () => Pool[]): Workers {
         concurrency: h.concurrency,
         // With a backoff list the first redelivery comes after backoff[0], not ack_wait: heartbeat within both.
         ackWaitMs: Math.min(c.ackWaitMs, ...c.backoffMs),
+        onDrop: (seq, reason, deliveries) =>
+          void recordTerminated(ctx, ctx.names.durable(c.kind, nodeId), seq, reason, deliveries),
       });
     }),
   );

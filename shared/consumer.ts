@@ -46,6 +46,11 @@ export interface RunConsumerOptions {
   ackWaitMs: number;
   /** Delay before redelivery when the handler itself crashes (a bug, not an outcome). */
   crashRetryMs?: number;
+  /**
+   * Told of every dropped (terminated) message, so it can be recorded as failed work: nats-server 2.9
+   * sends no advisory for a terminated message (MSG_TERMINATED came with 2.10).
+   */
+  onDrop?: (seq: number, reason: string, deliveryCount: number) => void;
 }
 
 export function runConsumer(o: RunConsumerOptions): ConsumerRunner {
@@ -69,6 +74,7 @@ export function runConsumer(o: RunConsumerOptions): ConsumerRunner {
       case 'drop':
         log.error({ seq, reason: outcome.reason }, 'dropping message');
         msg.term(outcome.reason.slice(0, 200));
+        o.onDrop?.(seq, outcome.reason.slice(0, 200), msg.info.deliveryCount);
         return;
       default: {
         const unreachable: never = outcome;

@@ -142,6 +142,16 @@ export async function replaceClaim(
   }
 }
 
-export async function releaseHash(kv: KV, key: string): Promise<void> {
-  await kv.delete(key).catch(() => undefined);
+/**
+ * Releases a claim. When NATS cannot be reached (the very case in which an upload fails at publish) it
+ * keeps trying in the background for a minute: a claim left behind would answer the client's retries
+ * with 409 until it is stale (2 min). A minute stays inside that window, so a stale claim that another
+ * upload took over is never deleted.
+ */
+export async function releaseHash(kv: KV, key: string, retryForMs = 60_000): Promise<void> {
+  const until = Date.now() + retryForMs;
+  const again = (): void => {
+    if (Date.now() < until) setTimeout(() => void kv.delete(key).catch(again), 1_000).unref();
+  };
+  await kv.delete(key).catch(again);
 }

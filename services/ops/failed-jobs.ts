@@ -41,6 +41,33 @@ export async function recordAdvisory(sql: Sql, nats: Nats, n: Names, adv: Adviso
       deliveries = excluded.deliveries, failed_at = excluded.failed_at, retried_at = null`;
 }
 
+/**
+ * A message our consumer runner terminated (a poison message): nats-server 2.9 sends no advisory for it
+ * (MSG_TERMINATED came with 2.10), so the runner reports it here in the shape of that advisory. On a
+ * newer server both arrive; the second changes nothing (same consumer and stream sequence).
+ */
+export async function recordTerminated(
+  ctx: { sql: Sql; nats: Nats; names: Names; log: Logger },
+  consumer: string,
+  streamSeq: number,
+  reason: string,
+  deliveries: number,
+): Promise<void> {
+  try {
+    await recordAdvisory(ctx.sql, ctx.nats, ctx.names, {
+      type: 'io.nats.jetstream.advisory.v1.terminated',
+      stream: ctx.names.stream,
+      consumer,
+      stream_seq: streamSeq,
+      deliveries,
+      reason,
+      timestamp: new Date().toISOString(),
+    });
+  } catch (err) {
+    ctx.log.warn({ err, consumer, seq: streamSeq }, 'could not record a terminated message');
+  }
+}
+
 /** Runs until aborted: consumes the advisory stream into failed_jobs. */
 export function startFailedJobsRecorder(
   sql: Sql,

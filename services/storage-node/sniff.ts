@@ -155,7 +155,18 @@ const PATTERNS: readonly Pattern[] = [
   { name: 'svg namespace', text: 'www.w3.org/2000/svg', anchor: 10 },
 ].map(({ name, text, anchor, next }) => ({ name, bytes: Buffer.from(text, 'latin1'), anchor, next }));
 
-const ANCHORS: ReadonlyMap<number, readonly Pattern[]> = (() => {
+/**
+ * Per anchor byte (in pattern order), its patterns indexed by one more byte of the pattern next to the
+ * anchor (`probe`: +1 or -1 from it; letters folded to lower case). In binary data an anchor byte turns
+ * up every 256 bytes or so; one table lookup then rejects almost every hit before matchesAt runs.
+ */
+interface AnchorPlan {
+  anchor: number;
+  probe: 1 | -1;
+  byProbe: ReadonlyArray<readonly Pattern[] | undefined>;
+}
+
+const ANCHORS: readonly AnchorPlan[] = (() => {
   const m = new Map<number, Pattern[]>();
   for (const p of PATTERNS) {
     const a = p.bytes[p.anchor];
@@ -163,8 +174,35 @@ const ANCHORS: ReadonlyMap<number, readonly Pattern[]> = (() => {
       throw new Error(`pattern ${p.name}: anchor must be a non-letter`);
     m.set(a, [...(m.get(a) ?? []), p]);
   }
-  return m;
+  return [...m].map(([anchor, patterns]) => {
+    const probe = patterns.every((p) => p.anchor + 1 < p.bytes.length) ? 1 : -1;
+    const byProbe: Pattern[][] = [];
+    for (const p of patterns) {
+      const b = p.bytes[p.anchor + probe];
+      if (b === undefined) throw new Error(`pattern ${p.name}: no byte next to its anchor on one side`);
+      (byProbe[b] ??= []).push(p);
+    }
+    return { anchor, probe, byProbe };
+  });
 })();
+
+const foldLetter = (b: number): number => (b >= 0x41 && b <= 0x5a ? b | 0x20 : b);
+
+/** The first pattern in `bufs` (anchor order, then position, then pattern order), or null. */
+function scan(bufs: readonly Buffer[]): string | null {
+  for (const { anchor, probe, byProbe } of ANCHORS) {
+    for (const buf of bufs) {
+      for (let at = buf.indexOf(anchor); at !== -1; at = buf.indexOf(anchor, at + 1)) {
+        const near = buf[at + probe];
+        if (near === undefined) continue; // the pattern cannot be complete here
+        const candidates = byProbe[foldLetter(near)];
+        if (!candidates) continue;
+        for (const p of candidates) if (matchesAt(buf, at - p.anchor, p)) return p.name;
+      }
+    }
+  }
+  return null;
+}
 
 /** Longest span a match needs, including the follow byte: the carry kept between chunks. */
 const MAX_SPAN = Math.max(...PATTERNS.map((p) => p.bytes.length + (p.next ? 1 : 0)));
@@ -192,19 +230,20 @@ export class MarkupScanner {
 
   push(chunk: Buffer): void {
     if (this.#found !== null || chunk.length === 0) return;
-    const buf = this.#carry.length === 0 ? chunk : Buffer.concat([this.#carry, chunk]);
-    outer: for (const [anchor, patterns] of ANCHORS) {
-      for (let at = buf.indexOf(anchor); at !== -1; at = buf.indexOf(anchor, at + 1)) {
-        for (const p of patterns) {
-          if (matchesAt(buf, at - p.anchor, p)) {
-            this.#found = p.name;
-            break outer;
-          }
-        }
-      }
-    }
+    const keep = MAX_SPAN - 1;
+    // Matches that start in the carry end at most MAX_SPAN - 1 bytes into the chunk: scan that junction,
+    // then the chunk itself (no copy of the whole chunk).
+    const junction =
+      this.#carry.length === 0
+        ? null
+        : Buffer.concat([this.#carry, chunk.subarray(0, Math.min(keep, chunk.length))]);
+    this.#found = scan(junction ? [junction, chunk] : [chunk]);
     // Keep the tail a match could still complete in; copy it so the caller's chunk can be reused.
-    this.#carry = Buffer.from(buf.subarray(Math.max(0, buf.length - (MAX_SPAN - 1))));
+    if (chunk.length >= keep) this.#carry = Buffer.from(chunk.subarray(chunk.length - keep));
+    else {
+      const tail = junction ?? chunk;
+      this.#carry = Buffer.from(tail.subarray(Math.max(0, tail.length - keep)));
+    }
   }
 
   /** The first pattern seen (e.g. '<script'), or null. */

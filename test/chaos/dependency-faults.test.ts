@@ -85,6 +85,11 @@ t.test('NATS restarted mid-load: 503 fast, /ready follows, reconnect, nothing lo
 
   const retrying = new LoadClient(() => node.url, user.apiKey, { deadlineMs: 60_000 });
   const retried = [...(await flows.retryFailed(retrying)), ...(await directs.retryFailed(retrying))];
+  if (process.env.CHAOS_DEBUG)
+    t.comment(
+      'retries:',
+      retrying.attempts.map((a) => `${a.step} ${a.startedAt - downAt} +${a.ms} ${a.status} ${a.code ?? ''} ${a.error ?? ''}`).join('\n'),
+    );
   t.ok(retried.every((o) => is2xx(o.status)), 'every refused upload is stored when tried again');
   const outcomes = [...results.filter((r) => is2xx(r.status)), ...retried];
   // Every 2xx has its ImageStored in the stream (verifyAcked counts an acknowledged image without one as lost).

@@ -1,6 +1,7 @@
 // Background observers for outage tests: a /ready poller and a steady upload stream, both recording
 // what they saw and when, so a test can check each phase (before, during, after an outage).
-import { LoadClient, type Item, type Outcome } from './load.js';
+import type { LoadClient} from './load.js';
+import { type Item, type Outcome } from './load.js';
 import { sleep } from './random.js';
 
 export interface ReadySample {
