@@ -213,6 +213,11 @@ async function follow(
   const messages = await consumer.consume({ max_messages: Math.max(batchSize * 2, 256) });
   const stop = () => void messages.stop();
   o.signal.addEventListener('abort', stop, { once: true });
+  // After a NATS restart nats.js 3.4.0 recreates the vanished ordered consumer but pulls a batch of 0
+  // and stalls until two idle heartbeats are missed (30 s): start over from the checkpoint instead.
+  void (async () => {
+    for await (const s of messages.status()) if (s.type === 'ordered_consumer_recreated') return stop();
+  })().catch(() => undefined);
   let batch: Applied[] = [];
   let received = 0;
   let inFlight: { done: Promise<number>; count: number } | null = null;
