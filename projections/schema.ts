@@ -45,11 +45,6 @@ create table if not exists ${s}.images (
   last_cleanup_move_id uuid,
   last_seq bigint not null
 );
-create index if not exists images_share_link on ${s}.images(share_link);
-create index if not exists images_user_created on ${s}.images(user_id, created_at desc, id desc) where deleted_at is null;
-create index if not exists images_user_sha on ${s}.images(user_id, sha256) where deleted_at is null;
-create index if not exists images_pool on ${s}.images(storage_pool_id) where deleted_at is null;
-create index if not exists images_status on ${s}.images(status) where deleted_at is null;
 
 create table if not exists ${s}.image_variants (
   image_id uuid not null,
@@ -102,7 +97,6 @@ create table if not exists ${s}.image_backups (
   updated_at timestamptz not null,
   primary key (image_id, target_pool_id)
 );
-create index if not exists image_backups_status on ${s}.image_backups(status);
 
 create table if not exists ${s}.pool_usage (
   pool_id uuid primary key,
@@ -119,8 +113,34 @@ create table if not exists ${s}.user_usage (
 `;
 }
 
-export async function ensureReadModels(sql: Sql, schema: string): Promise<void> {
+/**
+ * The secondary indexes: only the API's queries use them (every projection statement finds its rows by
+ * primary key), so a rebuild creates them once its tables are filled, not row by row while replaying.
+ */
+export function readModelIndexDDL(schema: string): string {
+  const s = `"${schema}"`;
+  return `
+create index if not exists images_share_link on ${s}.images(share_link);
+create index if not exists images_user_created on ${s}.images(user_id, created_at desc, id desc) where deleted_at is null;
+create index if not exists images_user_sha on ${s}.images(user_id, sha256) where deleted_at is null;
+create index if not exists images_pool on ${s}.images(storage_pool_id) where deleted_at is null;
+create index if not exists images_status on ${s}.images(status) where deleted_at is null;
+create index if not exists image_backups_status on ${s}.image_backups(status);
+`;
+}
+
+/** Creates the read-model tables in `schema`, with their secondary indexes unless `indexes` is false. */
+export async function ensureReadModels(
+  sql: Sql,
+  schema: string,
+  opts: { indexes?: boolean } = {},
+): Promise<void> {
   await sql.unsafe(readModelDDL(schema));
+  if (opts.indexes !== false) await ensureReadModelIndexes(sql, schema);
+}
+
+export async function ensureReadModelIndexes(sql: Sql, schema: string): Promise<void> {
+  await sql.unsafe(readModelIndexDDL(schema));
 }
 
 /** The tables a rebuild copies and verify compares, each with its primary key for ordering. */

@@ -158,6 +158,13 @@ function keepReading(url: string, apiKey: string, ids: string[]) {
 const schemaExists = async (sql: Sql, schema: string) =>
   (await sql`select 1 from information_schema.schemata where schema_name = ${schema}`).length > 0;
 
+/** Index names (without their schema) and definitions of a read-model schema, for comparing two. */
+async function indexNames(sql: Sql, schema: string): Promise<string[]> {
+  const rows = await sql<{ d: string }[]>`
+    select indexdef as d from pg_indexes where schemaname = ${schema} order by indexname`;
+  return rows.map((r) => r.d.replaceAll(`${schema}.`, '').replaceAll(`"${schema}".`, ''));
+}
+
 t.test('rebuild while the API serves; partial; resumed after abort and kill -9; verify', async (t) => {
   const env = await testEnv(t);
   const node = await startInProcess(env);
@@ -174,6 +181,7 @@ t.test('rebuild while the API serves; partial; resumed after abort and kill -9; 
 
   await t.test('full rebuild while the API keeps answering', async (t) => {
     await snapshot(sql, 'before_full');
+    const indexesBefore = await indexNames(sql, LIVE);
     const reading = keepReading(node.url, user.apiKey, [...real, ...alive.slice(0, 40)]);
     await waitFor('the first reads', async () => reading.statuses.length > 0);
     const seq = await rebuild(o);
@@ -188,6 +196,11 @@ t.test('rebuild while the API serves; partial; resumed after abort and kill -9; 
     t.equal(await readCheckpoint(sql, LIVE, 'main'), end, 'live checkpoint at the head');
     t.notOk(await schemaExists(sql, BUILD), 'the build schema became the live one');
     t.same(await compareSchemas(sql, 'before_full', LIVE), [], 'the rebuilt tables equal the old ones');
+    t.same(
+      await indexNames(sql, LIVE),
+      indexesBefore,
+      'the indexes a rebuild defers until its tables are filled are all there after the switch',
+    );
     const v = await verify(o);
     t.same(v, { seq: end, differences: [] }, 'verify: a clean replay gives the same tables');
 
@@ -199,6 +212,7 @@ t.test('rebuild while the API serves; partial; resumed after abort and kill -9; 
   });
 
   await t.test('partial rebuild of one read model', async (t) => {
+    const indexesBefore = await indexNames(sql, LIVE);
     await waitForCheckpoint(sql, await head(jsm, n));
     await snapshot(sql, 'before_partial');
     const seq = await rebuild(o, { tables: ['images'] });
@@ -210,6 +224,7 @@ t.test('rebuild while the API serves; partial; resumed after abort and kill -9; 
     t.equal(cli1.code, 0, exited(cli1));
     t.match(cli1.stdout, /switched in at sequence \d+/);
     t.same(await compareSchemas(sql, 'before_partial', LIVE), [], 'the CLI form too');
+    t.same(await indexNames(sql, LIVE), indexesBefore, 'the swapped tables keep their indexes');
   });
 
   await t.test('a rebuild aborted midway continues where it stopped', async (t) => {
