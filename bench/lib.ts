@@ -400,9 +400,14 @@ export function cpuMs(pid: number): number {
   }
 }
 
-/** CPU ms of Postgres backends serving `application_name` (they run on this machine, loopback). */
+/**
+ * CPU ms of the Postgres backends serving `application_name` in `sql`'s database (they run on this
+ * machine, loopback). The database matters: every PixelFox process names itself 'pixelfox', including
+ * other stacks (tests) running on the same server at the same time.
+ */
 export async function backendCpuMs(sql: Sql, applicationName: string): Promise<number> {
   const rows = await sql<{ pid: number }[]>`
-    select pid from pg_stat_activity where application_name = ${applicationName} and pid <> pg_backend_pid()`;
+    select pid from pg_stat_activity
+    where application_name = ${applicationName} and datname = current_database() and pid <> pg_backend_pid()`;
   return rows.reduce((a, r) => a + cpuMs(r.pid), 0);
 }

@@ -7,6 +7,9 @@
 //
 // Prints error rate, latency p50/p90/p99 and requests per second, and writes bench/RESULTS-load.md.
 //
+//   3. the uploads again against a node without job workers (DISABLE_JOB_WORKERS), to show what rendering
+//      variants in the same process costs the upload path.
+//
 //   node --import tsx bench/load.ts [--duration 10] [--connections 16] [--upload-concurrency 8] [--no-write]
 import { execFileSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
@@ -74,17 +77,22 @@ async function readScenario(url: string, apiKey: string, ids: string[]): Promise
   };
 }
 
-async function uploadScenario(url: string, apiKey: string): Promise<Row> {
-  const client = new LoadClient(() => url, apiKey, { retry: false, requestTimeoutMs: 30_000 });
+/** Across scenarios: every upload is a new image (never a duplicate of an earlier one). */
+let imageCounter = 0;
+
+async function uploadScenario(url: string, apiKeys: string[]): Promise<Row> {
+  // One user per client: the quota check serialises the uploads of one user (an advisory lock per user).
+  const clients = apiKeys.map(
+    (k) => new LoadClient(() => url, k, { retry: false, requestTimeoutMs: 30_000 }),
+  );
   const latencies: number[] = [];
   const statuses = new Map<number, number>();
-  let n = 0;
   const deadline = Date.now() + DURATION_S * 1000;
   const t0 = Date.now();
   await Promise.all(
-    Array.from({ length: UPLOAD_CONCURRENCY }, async () => {
+    clients.map(async (client) => {
       while (Date.now() < deadline) {
-        const i = n++;
+        const i = imageCounter++;
         // A fresh image per request (never a duplicate): 32×24 PNG, colour from the counter.
         const bytes = await sharp({
           create: {
@@ -105,9 +113,9 @@ async function uploadScenario(url: string, apiKey: string): Promise<Row> {
   );
   const elapsed = (Date.now() - t0) / 1000;
   const ok = [...statuses].filter(([s]) => s >= 200 && s < 300).reduce((a, [, c]) => a + c, 0);
-  const directMs = client.attempts.filter((a) => a.step === 'upload').map((a) => a.ms);
+  const directMs = clients.flatMap((c) => c.attempts.filter((a) => a.step === 'upload').map((a) => a.ms));
   return {
-    scenario: `upload: session + direct upload of a 32×24 PNG (${UPLOAD_CONCURRENCY} concurrent)`,
+    scenario: `upload: session + direct upload of a 32×24 PNG (${UPLOAD_CONCURRENCY} concurrent clients, one user each)`,
     requests: latencies.length,
     errors: latencies.length - ok,
     errorRate: latencies.length ? (latencies.length - ok) / latencies.length : 0,
@@ -117,6 +125,18 @@ async function uploadScenario(url: string, apiKey: string): Promise<Row> {
     rps: latencies.length / elapsed,
     note: `statuses ${[...statuses].map(([s, c]) => `${s}×${c}`).join(', ')}; the direct upload alone p50 ${percentile(directMs, 50)} ms, p99 ${percentile(directMs, 99)} ms`,
   };
+}
+
+/** Uploads with and without variant rendering in the same process, from the last two rows. */
+function ratioNote(rows: Row[]): string {
+  const [withWorkers, without] = rows.slice(-2);
+  if (!withWorkers || !without || !without.rps) return '';
+  return (
+    `Uploads while the same process renders variants: ${withWorkers.rps.toFixed(1)} req/s, p50 ${withWorkers.p50} ms; ` +
+    `without job workers: ${without.rps.toFixed(1)} req/s, p50 ${without.p50} ms ` +
+    `(${((withWorkers.rps / without.rps) * 100).toFixed(0)} % of the throughput). On this 2-core machine the rendering ` +
+    'competes with the upload path for CPU; a deployment gives workers their own processes (`pixelfox serve worker`).'
+  );
 }
 
 function machine(): string {
@@ -147,7 +167,17 @@ async function main() {
 
   const rows: Row[] = [];
   rows.push(await readScenario(node.url, user.apiKey, ids));
-  rows.push(await uploadScenario(node.url, user.apiKey));
+  const uploaders: string[] = [];
+  for (let i = 0; i < UPLOAD_CONCURRENCY; i++) uploaders.push((await makeUser(env, 'premium_max')).apiKey);
+  rows.push(await uploadScenario(node.url, uploaders));
+  // The same node (same port and pool) without job workers: nothing renders variants meanwhile.
+  await node.stop();
+  const bare = await proc(t, env, 'bench-no-workers', ['api', 'storage', 'worker', 'projector'], {
+    port: node.port,
+    extra: { DISABLE_JOB_WORKERS: '1' },
+  });
+  const bareRow = await uploadScenario(bare.url, uploaders);
+  rows.push({ ...bareRow, scenario: `${bareRow.scenario}, no job workers in the process` });
 
   const table = [
     '| scenario | requests | errors | error rate | p50 ms | p90 ms | p99 ms | req/s |',
@@ -165,7 +195,8 @@ async function main() {
 
 Machine: ${before}. Date: ${started.toISOString().slice(0, 10)}. One \`pixelfox serve api storage worker projector\`
 process on loopback against the machine's NATS and Postgres (shared with other work: absolute numbers are
-inflated; compare runs on the same machine). The workers render variants of every upload meanwhile.
+inflated; compare runs on the same machine). Its workers render variants of every upload meanwhile (the last row:
+the same node with \`DISABLE_JOB_WORKERS\`, nothing rendered).
 
 Reproduce: \`node --import tsx bench/load.ts\` (add \`--duration S\`, \`--connections N\`, \`--upload-concurrency N\`).
 
@@ -173,10 +204,13 @@ ${table}
 
 ${rows.map((r) => `- ${r.scenario}: ${r.note}.`).join('\n')}
 
+${ratioNote(rows)}
+
 Each scenario runs ${DURATION_S} s. Reads: autocannon, keep-alive, one image (its read-model row, variants,
 metadata and backups). Uploads: each request is the client flow (\`POST /api/v1/upload/sessions\`, then the
 multipart upload to the storage node) of a fresh 32×24 PNG, measured end to end; a bounded loop of concurrent
-clients instead of autocannon, which cannot chain two requests. Rate limits are lifted for the run.
+clients (one user each: the atomic quota check serialises the uploads of one user) instead of autocannon, which
+cannot chain two requests. Rate limits are lifted for the run.
 `;
     await writeFile(path.join(HERE, 'RESULTS-load.md'), md);
     console.log(`written ${path.join(HERE, 'RESULTS-load.md')}`);

@@ -372,7 +372,7 @@ async function main(): Promise<void> {
   md.push('');
   md.push('```sh');
   md.push(
-    'npm run bench                               # everything (about 12 minutes here); writes BENCHMARKS.md',
+    `npm run bench                               # everything (${(totalS / 60).toFixed(0)} minutes in this run); writes BENCHMARKS.md`,
   );
   md.push('BENCH_QUICK=1 npm run bench                 # smoke run with small inputs (writes a temp file)');
   md.push(`BENCH_ONLY=pipeline,publish npm run bench   # a subset: ${ENTRIES.map((e) => e.id).join(', ')}`);
@@ -449,7 +449,10 @@ async function main(): Promise<void> {
     (complete
       ? path.join(ROOT, 'BENCHMARKS.md')
       : path.join(os.tmpdir(), `pixelfox-BENCHMARKS-${quick ? 'quick' : 'partial'}.md`));
-  await writeFile(out, text.endsWith('\n') ? text : `${text}\n`);
+  // Formatted like the rest of the repo (`npm run format` leaves it alone).
+  const prettier = await import('prettier');
+  const options = (await prettier.resolveConfig(path.join(ROOT, 'BENCHMARKS.md'))) ?? {};
+  await writeFile(out, await prettier.format(text, { ...options, parser: 'markdown' }));
   log('');
   log(`written to ${path.relative(process.cwd(), out) || out}`);
   if (notRun.some((n) => n.reason.startsWith('failed'))) process.exitCode = 1;
