@@ -2,7 +2,7 @@
 // stack around it (no upload, no event store, no projection). The baselines of bench/pipeline.ts and
 // bench/throughput.ts and the 50 MP memory check use it, so they measure the same work the worker does:
 // the same probe (with the configured pixel limit), the same plan (premium_max with the default
-// toggles), the same AVIF engine setting and the same sharp concurrency (this process does not call
+// toggles and the default full-size AVIF cap), the same AVIF engine setting and the same sharp concurrency (this process does not call
 // configureMedia, and neither does the worker).
 import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
@@ -33,6 +33,7 @@ export function specsFor(
   return planVariants(
     { imageId, datePath: '2026/01/01', format: probe.format, width: probe.width, height: probe.height },
     entitlementsFor(SETTING_DEFAULTS, plan, {}),
+    { avifMaxPixels: SETTING_DEFAULTS.avif_max_megapixels * 1e6 },
   );
 }
 

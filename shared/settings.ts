@@ -22,6 +22,11 @@ export const SETTING_DEFAULTS = Object.freeze({
   replication_require_checksum: false,
   /** 'sharp' (libaom, effort 1) or 'ffmpeg' (SVT-AV1 preset 10): sharp is 3.4× faster at the same SSIM here (BENCHMARKS.md). */
   avif_engine: 'sharp' as 'ffmpeg' | 'sharp',
+  /** Pixel budget (megapixels) of the full-size AVIF; larger images get it downscaled to fit, while
+   * the original and the full-size WebP keep their size. 0 = no cap. The AV1 encoder needs ~19 MiB per
+   * megapixel: with 24 the whole variant set of a 50 MP photo peaks near 820 MiB RSS instead of ~1.5 GiB
+   * (bench/memory.ts), and 24 MP cameras still get a full-resolution AVIF. */
+  avif_max_megapixels: 24,
 });
 
 export type Settings = { -readonly [K in keyof typeof SETTING_DEFAULTS]: (typeof SETTING_DEFAULTS)[K] };
@@ -46,6 +51,8 @@ export function parseSettingValue(key: SettingKey, raw: unknown): Settings[Setti
     throw new Error(`${key} must be a number`);
   if (key === 'job_queue_worker_count' && (typeof v !== 'number' || v < 1 || v > 64 || !Number.isInteger(v)))
     throw new Error('job_queue_worker_count must be an integer from 1 to 64');
+  if (key === 'avif_max_megapixels' && (typeof v !== 'number' || v < 0 || (v > 0 && v < 1)))
+    throw new Error('avif_max_megapixels must be 0 (no cap) or at least 1');
   if (key === 'avif_engine' && v !== 'ffmpeg' && v !== 'sharp')
     throw new Error("avif_engine must be 'ffmpeg' or 'sharp'");
   return v as Settings[SettingKey];

@@ -3,9 +3,10 @@
 //
 // Decode once, derive all: the original is decoded a single time (EXIF auto-rotated, converted to
 // sRGB, 8 bit) into a raw pixel buffer, and every variant is derived from that buffer. When no
-// full-size output is wanted the decode itself is shrunk (JPEG/WebP shrink-on-load) to the largest
-// thumbnail width. Measured in bench/variants.ts against sharp's clone(), which re-decodes the file
-// per output: see bench/RESULTS-variants.md.
+// output at the original's size is wanted the decode itself is shrunk (JPEG/WebP shrink-on-load) to
+// the largest output width (a thumbnail, or a full-size AVIF the plan capped). Measured in
+// bench/variants.ts against sharp's clone(), which re-decodes the file per output: see
+// bench/RESULTS-variants.md. Memory: see DEFAULT_RENDER_PIXEL_BUDGET.
 //
 // Colour: every variant is untagged sRGB. The decode converts any embedded ICC profile to sRGB
 // (sharp's default), and no profile is attached on output: an untagged image is sRGB to every
@@ -40,8 +41,23 @@ export const DEFAULT_PIXEL_LIMIT = 268_402_689;
 export const DEFAULT_TIMEOUT_SECONDS = 120;
 /** Outputs encoded at once. libwebp encodes on a single thread, so a second output in flight keeps
  * another core busy (the full-size WebP and AVIF overlap): ~15 % less wall time per image on 2 cores,
- * for one more encoder's memory. */
+ * for one more encoder's memory. Large images (above the pixel budget below) still encode their
+ * thumbnails two at once, but their full-size outputs one at a time. */
 export const DEFAULT_PARALLEL_OUTPUTS = 2;
+/**
+ * Full-size pixels rendered at once in this process, summed over concurrent renderVariants calls
+ * (the worker runs job_queue_worker_count images at once, plus the reprocessor). Memory of a render
+ * is roughly proportional to the pixels it decodes: the raw buffer (3-4 B/px), the full-size WebP
+ * encoder (~5 B/px) and above all the AV1 encoder (~19 B/px, whose input the plan caps at
+ * avif_max_megapixels, default 24). A render waits (before decoding, so a waiting image holds no
+ * pixels) until its decoded pixels fit in the budget; an image larger than the budget renders alone.
+ * With 24 MP: two 12 MP phone photos still render side by side, two 24 MP or 50 MP images take turns,
+ * so a worker process stays under 1 GiB RSS (bench/memory.ts, 50 MP JPEG: 817 MiB for one, 861 MiB
+ * for two queued at once; 1483 and 2780 MiB before the cap and this budget). An image above the budget also encodes
+ * its full-size outputs one at a time (the full-size WebP of a 50 MP image would otherwise overlap the
+ * AVIF: +~250 MiB). Thumbnail-only renders decode shrunk and weigh almost nothing.
+ */
+export const DEFAULT_RENDER_PIXEL_BUDGET = 24_000_000;
 
 export interface EncoderSettings {
   webp: { quality: number; effort: number };
@@ -116,6 +132,8 @@ export interface MediaConfig {
    * bench/variants.ts), so the worker need not change it. */
   concurrency?: number;
   ffmpegPath?: string;
+  /** full-size pixels rendered at once in this process (default DEFAULT_RENDER_PIXEL_BUDGET) */
+  renderPixelBudget?: number;
 }
 
 let ffmpegPath = 'ffmpeg';
@@ -127,7 +145,54 @@ export function configureMedia(config: MediaConfig): void {
     ffmpegPath = config.ffmpegPath;
     enginesPromise = undefined;
   }
+  if (config.renderPixelBudget !== undefined) renderSlots.resize(config.renderPixelBudget);
 }
+
+/** A FIFO weighted semaphore: a large waiter is never overtaken (and starved) by small ones. */
+class Semaphore {
+  private used = 0;
+  private readonly waiting: { weight: number; wake: () => void }[] = [];
+  constructor(private capacity: number) {}
+
+  /** Waits until `weight` (capped at the capacity, so an oversized job runs alone) fits; resolves
+   * with the release function. */
+  async acquire(weight: number): Promise<() => void> {
+    const w = Math.max(0, Math.min(weight, this.capacity));
+    if (this.waiting.length > 0 || this.used + w > this.capacity) {
+      await new Promise<void>((wake) => this.waiting.push({ weight: w, wake }));
+    } else {
+      this.used += w;
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.used -= w;
+      this.drain();
+    };
+  }
+
+  get limit(): number {
+    return this.capacity;
+  }
+
+  resize(capacity: number): void {
+    this.capacity = capacity > 0 ? capacity : Number.POSITIVE_INFINITY;
+    this.drain();
+  }
+
+  private drain(): void {
+    for (let head = this.waiting[0]; head; head = this.waiting[0]) {
+      // a waiter queued under a larger capacity still gets in once it runs alone
+      if (this.used > 0 && this.used + head.weight > this.capacity) return;
+      this.waiting.shift();
+      this.used += head.weight;
+      head.wake();
+    }
+  }
+}
+
+const renderSlots = new Semaphore(DEFAULT_RENDER_PIXEL_BUDGET);
 
 // ---------------------------------------------------------------------------------------------
 // Probe
@@ -258,6 +323,26 @@ export async function renderVariants(
   opts: RenderOptions,
 ): Promise<RenderedVariant[]> {
   if (specs.length === 0) return [];
+  const thumbWidths = specs.filter((s) => s.size !== 'full').map((s) => s.maxWidth ?? 0);
+  const decode = decodePlan(probe, specs, opts.pixelLimit ?? DEFAULT_PIXEL_LIMIT);
+  // First await of the render, so concurrent calls queue in call order.
+  const release = await renderSlots.acquire(decode.pixels);
+  try {
+    return await renderAll(absSrc, probe, specs, toAbs, opts, decode, Math.max(0, ...thumbWidths));
+  } finally {
+    release();
+  }
+}
+
+async function renderAll(
+  absSrc: string,
+  probe: ProbeResult,
+  specs: VariantSpec[],
+  toAbs: (relPath: string) => string,
+  opts: RenderOptions,
+  decode: DecodePlan,
+  largestThumb: number,
+): Promise<RenderedVariant[]> {
   const ctx: Ctx = {
     origin: { width: probe.width, height: probe.height },
     enc: { ...ENCODER_SETTINGS, ...opts.encoders },
@@ -265,26 +350,34 @@ export async function renderVariants(
     timeoutSeconds: opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS,
     ffmpegAvif:
       opts.avifEngine === 'ffmpeg' && specs.some((s) => s.format === 'avif') && (await ffmpegAvifUsable()),
-    largestThumb: Math.max(0, ...specs.map((s) => s.maxWidth ?? 0)),
+    largestThumb,
     sized: new Map(),
   };
-  const source = await decodeOnce(absSrc, probe, specs, ctx);
+  const source = await decodeOnce(absSrc, probe, decode, ctx);
   // a probe that disagrees with the pixels (not from probeImage, or not oriented) must not distort
   const ratio = source.width / source.height / (ctx.origin.width / ctx.origin.height);
   if (Math.abs(ratio - 1) > 0.02) ctx.origin = { width: source.width, height: source.height };
   const results: RenderedVariant[] = [];
   let next = 0;
   let failed = false;
+  // A large image's full-size outputs take turns (see DEFAULT_RENDER_PIXEL_BUDGET): peak memory is
+  // then one full-size encoder's, not the AVIF's plus the WebP's.
+  const large = source.width * source.height * source.pages > renderSlots.limit;
+  const fullSizeTurn = new Semaphore(1);
   const lane = async (): Promise<void> => {
     while (!failed && next < specs.length) {
       const i = next++;
       const spec = specs[i];
       if (!spec) continue;
+      const turn = large && spec.size === 'full' ? await fullSizeTurn.acquire(1) : null;
       try {
+        if (failed) return;
         results[i] = await renderOne(source, spec, toAbs(spec.relPath), ctx);
       } catch (err) {
         failed = true; // the other lane finishes its current output and stops
         throw err;
+      } finally {
+        turn?.();
       }
       opts.onProgress?.();
     }
@@ -305,29 +398,39 @@ interface Ctx {
   limit: number;
   timeoutSeconds: number;
   ffmpegAvif: boolean;
-  /** the largest thumbnail's size: smaller thumbnails are derived from it, not from full-size pixels */
+  /** the largest thumbnail's width: smaller thumbnails are derived from it, not from full-size pixels */
   largestThumb: number;
   /** resized frames already made, by `${animated}:${width}x${height}` */
   sized: Map<string, Promise<Frames>>;
 }
 
-async function decodeOnce(
-  absSrc: string,
-  probe: ProbeResult,
-  specs: VariantSpec[],
-  ctx: Ctx,
-): Promise<Frames> {
+interface DecodePlan {
+  /** decode straight to this width (shrink-on-load), or null for the original's size */
+  width: number | null;
+  animated: boolean;
+  /** pixels the decode holds (all frames): the render's weight in the process-wide pixel budget */
+  pixels: number;
+}
+
+function decodePlan(probe: ProbeResult, specs: VariantSpec[], limit: number): DecodePlan {
   const needFull = specs.some((s) => s.maxWidth === null);
-  // shrink-on-load: with no full-size output, decode straight to the largest thumbnail width
-  const decodeWidth = needFull ? null : ctx.largestThumb;
+  // shrink-on-load: with no output at the original's size, decode straight to the largest output
+  // width (a thumbnail, or a full-size AVIF capped by the plan)
+  const width = needFull ? null : Math.max(0, ...specs.map((s) => s.maxWidth ?? 0));
   const pages = probe.pages ?? 1;
   const wantsAnimation =
     pages > 1 && specs.some((s) => s.format === 'gif' || (s.format === 'webp' && s.maxWidth !== null));
+  const animated = wantsAnimation && probe.width * probe.height * pages <= limit;
+  // BMP is decoded at full size by ffmpeg, then resized
+  const size = probe.format === 'bmp' ? probe : outputSize(width, probe.width, probe.height);
+  return { width, animated, pixels: size.width * size.height * (animated ? pages : 1) };
+}
+
+async function decodeOnce(absSrc: string, probe: ProbeResult, plan: DecodePlan, ctx: Ctx): Promise<Frames> {
+  const decodeWidth = plan.width;
   try {
     if (probe.format === 'bmp') return await decodeBmp(absSrc, probe, decodeWidth, ctx);
-    if (wantsAnimation && probe.width * probe.height * pages <= ctx.limit) {
-      return await decodeAnimated(absSrc, probe, decodeWidth, ctx);
-    }
+    if (plan.animated) return await decodeAnimated(absSrc, probe, decodeWidth, ctx);
     return await decodeStill(absSrc, decodeWidth, ctx);
   } catch (err) {
     throw new Error(`cannot decode ${probe.format} image: ${messageOf(err)}`, { cause: err });

@@ -14,7 +14,8 @@ export interface VariantSpec {
   variantType: string;
   size: SizeName;
   format: OutputFormat;
-  /** target width for thumbnails (never enlarged, height by aspect ratio); null = full size */
+  /** target width (never enlarged, height by aspect ratio); null = the original's size. Set for
+   * thumbnails, and for a full-size AVIF capped by `avifMaxPixels` (see planVariants). */
   maxWidth: number | null;
   /** relative to the pool base path, e.g. 'variants/2024/05/17/<uuid>_small.jpg' */
   relPath: string;
@@ -45,6 +46,13 @@ export interface PlanInput {
   /** dimensions after EXIF auto-rotation */
   width: number;
   height: number;
+}
+
+/** Operator limits on what the plan makes (from the admin settings; passed in, so the plan stays pure). */
+export interface PlanLimits {
+  /** Pixel budget of the full-size AVIF: a larger image gets it downscaled to fit (aspect kept).
+   * Absent or <= 0: no cap. The worker passes `avif_max_megapixels` (shared/settings.ts). */
+  avifMaxPixels?: number;
 }
 
 /** Thumbnail widths in px. Height follows the aspect ratio; smaller images keep their size. */
@@ -92,6 +100,20 @@ export function outputSize(
   return { width: maxWidth, height: Math.max(1, Math.round((height * maxWidth) / width)) };
 }
 
+/** The largest width whose outputSize() stays within `maxPixels` (aspect kept, never enlarged, >= 1). */
+export function widthWithin(maxPixels: number, width: number, height: number): number {
+  if (width * height <= maxPixels) return width;
+  const fits = (w: number) => {
+    const size = outputSize(w, width, height);
+    return size.width * size.height <= maxPixels;
+  };
+  // outputSize rounds the height, so the exact answer can be a few columns either side of the estimate
+  let w = Math.max(1, Math.min(width, Math.floor(width * Math.sqrt(maxPixels / (width * height)))));
+  while (w < width && fits(w + 1)) w++;
+  while (w > 1 && !fits(w)) w--;
+  return w;
+}
+
 /** The format of the "original format" thumbnails: the source's own, except BMP, which browsers
  * handle poorly and which compresses badly, becomes PNG (lossless, like BMP). */
 export function originalThumbnailFormat(format: SourceFormat): OutputFormat {
@@ -120,10 +142,15 @@ export function originalThumbnailFormat(format: SourceFormat): OutputFormat {
  * - The full size is never re-encoded into the source's own format (AVIF → no full AVIF, WebP → no
  *   full WebP): the original already is that file, a re-encode would only lose quality.
  * - Full-size AVIF only when the image does not fit in AVIF_MIN_EDGE × AVIF_MIN_EDGE.
+ * - The full-size AVIF is capped at `limits.avifMaxPixels`: above it the AVIF is downscaled to fit
+ *   (still size 'full', type 'avif'; its real width and height are reported with the rendered
+ *   variant). The AV1 encoder (sharp → libheif → libaom) needs ~19 MiB per megapixel whatever the
+ *   effort or thread count, so an uncapped 50 MP AVIF alone peaks at ~1.2 GiB (bench/memory.ts).
+ *   The original and the full-size WebP keep the full size.
  * - Where the original format equals an entitled format (WebP or AVIF input), the thumbnail is made
  *   once: variant types are keyed by size and format, so there is never a duplicate path.
  */
-export function planVariants(input: PlanInput, ent: Entitlements): VariantSpec[] {
+export function planVariants(input: PlanInput, ent: Entitlements, limits: PlanLimits = {}): VariantSpec[] {
   if (!UUID.test(input.imageId))
     throw new RangeError(`imageId must be a UUID, got ${JSON.stringify(input.imageId)}`);
   if (!DATE_PATH.test(input.datePath)) {
@@ -167,11 +194,13 @@ export function planVariants(input: PlanInput, ent: Entitlements): VariantSpec[]
     }
     const bigEnough = input.width > AVIF_MIN_EDGE || input.height > AVIF_MIN_EDGE;
     if (ent.avif && input.format !== 'avif' && bigEnough) {
+      const budget = limits.avifMaxPixels ?? 0;
+      const capped = budget > 0 && input.width * input.height > budget;
       specs.push({
         variantType: 'avif',
         size: 'full',
         format: 'avif',
-        maxWidth: null,
+        maxWidth: capped ? widthWithin(budget, input.width, input.height) : null,
         relPath: `${base}.avif`,
       });
     }

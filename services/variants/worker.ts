@@ -162,9 +162,12 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
       const probe = await probeImage(src, { pixelLimit: ctx.config.maxImagePixels });
       const ent = entitlementsFor(settings, user?.plan ?? 'free', user?.prefs ?? {});
       const datePath = /^original\/(\d{4}\/\d{2}\/\d{2})\//.exec(job.storedPath)?.[1] ?? '1970/01/01';
+      // The full-size AVIF is capped at avif_max_megapixels: the AV1 encoder's memory grows ~19 MiB per
+      // megapixel (see plan.ts); each VariantCreated below carries the size actually rendered.
       const specs = planVariants(
         { imageId: job.imageId, datePath, format: probe.format, width: probe.width, height: probe.height },
         ent,
+        { avifMaxPixels: settings.avif_max_megapixels * 1e6 },
       );
       const engine = settings.avif_engine === 'ffmpeg' && engines?.ffmpeg ? 'ffmpeg' : 'sharp';
       // renderVariants reports each written spec in order: time each output (the first includes the decode).

@@ -30,7 +30,9 @@ interface Variant {
 
 t.test('camera photos, orientation, GPS, plans, broken files', async (t) => {
   const env = await testEnv(t);
-  await env.sql()`insert into settings (key, value) values ('upload_rate_limit_per_minute', '100000'), ('upload_user_rate_limit_per_minute', '100000'), ('job_queue_worker_count', '2')`;
+  // avif_max_megapixels 2: the camera photos (up to 8 MP) get a capped full-size AVIF, as a 50 MP one
+  // would at the default 24 MP
+  await env.sql()`insert into settings (key, value) values ('upload_rate_limit_per_minute', '100000'), ('upload_user_rate_limit_per_minute', '100000'), ('job_queue_worker_count', '2'), ('avif_max_megapixels', '2')`;
   const node = await startInProcess(env);
   t.teardown(() => node.close());
   const max = await makeUser(env, 'premium_max');
@@ -95,6 +97,33 @@ t.test('camera photos, orientation, GPS, plans, broken files', async (t) => {
       'small_webp',
       'webp',
     ]);
+  });
+
+  await t.test('full-size AVIF above avif_max_megapixels: downscaled, its real size recorded', async (t) => {
+    const make = (width: number, height: number) =>
+      sharp(path.join(FIXTURES, 'mobile', 'jolla.jpg'))
+        .resize(width, height, { fit: 'fill' })
+        .jpeg()
+        .toBuffer();
+    for (const [width, height, avif] of [
+      [2400, 1800, '1632x1224'], // 4.3 MP: the largest 4:3 size within 2 MP
+      [1200, 900, '1200x900'], // 1.1 MP: full size
+    ] as const) {
+      const r = await uploadFile(node.url, max.apiKey, await make(width, height), `cap-${width}.jpg`);
+      const id = String(r.body.image_uuid);
+      t.equal((await waitForStatus(node.url, max.apiKey, id)).status, 'completed');
+      const v = await variantsOf(max, id);
+      const full = (format: string) => v.find((x) => x.size === 'full' && x.format === format);
+      t.equal(
+        `${full('avif')?.width}x${full('avif')?.height}`,
+        avif,
+        `${width}×${height}: AVIF in the read model`,
+      );
+      t.equal(`${full('webp')?.width}x${full('webp')?.height}`, `${width}x${height}`, 'WebP at full size');
+      const bytes = Buffer.from(await (await fetch(full('avif')?.url ?? '')).arrayBuffer());
+      const m = await sharp(bytes).metadata();
+      t.equal(`${m.width}x${m.height}`, avif, `${width}×${height}: the AVIF file is that size`);
+    }
   });
 
   await t.test('all 8 EXIF orientations give upright thumbnails', async (t) => {

@@ -6,6 +6,8 @@ import { createHash } from 'node:crypto';
 import t from 'tap';
 import sharp from 'sharp';
 import {
+  configureMedia,
+  DEFAULT_RENDER_PIXEL_BUDGET,
   detectAvifEngines,
   parseBmpHeader,
   probeImage,
@@ -25,12 +27,18 @@ async function render(
   src: string,
   outDir: string,
   ent: Entitlements = ALL,
-  opts: { avifEngine?: 'sharp' | 'ffmpeg'; pixelLimit?: number; parallel?: number } = {},
+  opts: {
+    avifEngine?: 'sharp' | 'ffmpeg';
+    pixelLimit?: number;
+    parallel?: number;
+    avifMaxPixels?: number;
+  } = {},
 ): Promise<{ probe: ProbeResult; specs: VariantSpec[]; out: RenderedVariant[]; progress: number }> {
   const probe = await probeImage(src, opts.pixelLimit === undefined ? {} : { pixelLimit: opts.pixelLimit });
   const specs = planVariants(
     { imageId: ID, datePath: DATE, format: probe.format, width: probe.width, height: probe.height },
     ent,
+    opts.avifMaxPixels === undefined ? {} : { avifMaxPixels: opts.avifMaxPixels },
   );
   let progress = 0;
   const out = await renderVariants(src, probe, specs, (rel) => path.join(outDir, rel), {
@@ -244,6 +252,96 @@ t.test('camera JPEG, full set: formats, sizes, hashes, no temp files, progress p
     webp: '3264x2448',
     avif: '3264x2448',
   });
+});
+
+t.test(
+  'full-size AVIF above the pixel budget: downscaled to fit, WebP and thumbnails unchanged',
+  async (t) => {
+    const dir = t.testdir();
+    // jolla.jpg is 3264×2448 (8.0 MP); a 2 MP budget gives the largest 4:3 size within it
+    const { out } = await render(fixture('mobile/jolla.jpg'), dir, ALL, { avifMaxPixels: 2_000_000 });
+    await checkOutputs(t, dir, out); // the reported width and height are the file's
+    const dims = Object.fromEntries(out.map((r) => [r.spec.variantType, `${r.width}x${r.height}`]));
+    t.same(dims, {
+      small_jpeg: '200x150',
+      small_webp: '200x150',
+      small_avif: '200x150',
+      medium_jpeg: '500x375',
+      medium_webp: '500x375',
+      medium_avif: '500x375',
+      webp: '3264x2448',
+      avif: '1632x1224',
+    });
+    const avif = out.find((r) => r.spec.variantType === 'avif');
+    t.equal(avif?.spec.size, 'full', 'still the full-size AVIF');
+    t.ok(avif && avif.width * avif.height <= 2_000_000, 'within the budget');
+    t.ok(
+      avif && (avif.width + 1) * Math.round((2448 * (avif.width + 1)) / 3264) > 2_000_000,
+      'as large as fits',
+    );
+
+    // a budget the image fits in, and no WebP (the AVIF is then the largest output of a shrunk decode)
+    const below = await render(fixture('mobile/jolla.jpg'), path.join(dir, 'below'), ALL, {
+      avifMaxPixels: 3264 * 2448,
+    });
+    t.equal(below.out.find((r) => r.spec.variantType === 'avif')?.width, 3264, 'at the budget: full size');
+    const noWebp = await render(
+      fixture('mobile/jolla.jpg'),
+      path.join(dir, 'nowebp'),
+      { original: true, webp: false, avif: true },
+      { avifMaxPixels: 2_000_000 },
+    );
+    await checkOutputs(t, path.join(dir, 'nowebp'), noWebp.out);
+    t.same(
+      noWebp.out
+        .filter((r) => r.spec.size !== 'small')
+        .map((r) => `${r.spec.variantType} ${r.width}x${r.height}`),
+      ['medium_jpeg 500x375', 'medium_avif 500x375', 'avif 1632x1224'],
+    );
+  },
+);
+
+t.test('process-wide pixel budget: renders above it take turns, and all complete', async (t) => {
+  const dir = t.testdir();
+  configureMedia({ renderPixelBudget: 1_000_000 }); // jolla.jpg (8 MP) is above it: renders alone
+  t.teardown(() => configureMedia({ renderPixelBudget: DEFAULT_RENDER_PIXEL_BUDGET }));
+  const src = fixture('mobile/jolla.jpg');
+  const probe = await probeImage(src);
+  const specs = planVariants(
+    { imageId: ID, datePath: DATE, format: probe.format, width: probe.width, height: probe.height },
+    ALL,
+  );
+  const events: string[] = [];
+  const one = (name: string) =>
+    renderVariants(src, probe, specs, (rel) => path.join(dir, name, rel), {
+      avifEngine: 'sharp',
+      onProgress: () => events.push(name),
+    });
+  // a thumbnail-only render weighs its shrunk decode only, but still queues behind (FIFO)
+  const thumbs = specs.filter((s) => s.size !== 'full');
+  const [a, b, c] = await Promise.all([
+    one('a'),
+    one('b'),
+    renderVariants(src, probe, thumbs, (rel) => path.join(dir, 'c', rel), {
+      avifEngine: 'sharp',
+      onProgress: () => events.push('c'),
+    }),
+  ]);
+  t.same(
+    events,
+    [...specs.map(() => 'a'), ...specs.map(() => 'b'), ...thumbs.map(() => 'c')],
+    'one after the other, in call order',
+  );
+  for (const [name, out] of [
+    ['a', a],
+    ['b', b],
+    ['c', c],
+  ] as const)
+    await checkOutputs(t, path.join(dir, name), out);
+  t.same(
+    a.map((r) => `${r.width}x${r.height}`),
+    b.map((r) => `${r.width}x${r.height}`),
+  );
 });
 
 t.test('thumbnail-only plans decode shrunk but give the same sizes as the full set', async (t) => {

@@ -7,6 +7,7 @@ import {
   originalThumbnailFormat,
   outputSize,
   planVariants,
+  widthWithin,
 } from '../../services/variants/plan.js';
 import type {
   Entitlements,
@@ -221,4 +222,71 @@ t.test('outputSize: never enlarged, height by aspect ratio', async (t) => {
   t.same(outputSize(200, 200, 50), { width: 200, height: 50 }, 'equal width untouched');
   t.same(outputSize(200, 5000, 10), { width: 200, height: 1 }, 'at least 1 px high');
   t.same(outputSize(null, 640, 480), { width: 640, height: 480 }, 'full size');
+});
+
+t.test(
+  'full-size AVIF above avifMaxPixels: capped to fit, aspect kept; below or at it: full size',
+  async (t) => {
+    const budget = 24_000_000;
+    // 50 MP, 4:3 (the issue's case)
+    const big = planVariants(input({ width: 8165, height: 6124 }), ALL, { avifMaxPixels: budget });
+    const avif = big.find((s) => s.variantType === 'avif');
+    t.equal(avif?.size, 'full');
+    t.equal(avif?.maxWidth, 5656);
+    const size = outputSize(avif?.maxWidth ?? null, 8165, 6124);
+    t.same(size, { width: 5656, height: 4242 });
+    t.ok(size.width * size.height <= budget, 'within the budget');
+    t.same(
+      big.filter((s) => s.variantType !== 'avif'),
+      planVariants(input({ width: 8165, height: 6124 }), ALL).filter((s) => s.variantType !== 'avif'),
+      'WebP stays full size, thumbnails unchanged',
+    );
+    for (const [width, height] of [
+      [6000, 4000],
+      [4000, 6000],
+    ] as const) {
+      t.equal(
+        planVariants(input({ width, height }), ALL, { avifMaxPixels: budget }).find(
+          (s) => s.variantType === 'avif',
+        )?.maxWidth,
+        null,
+        `${width}×${height} is exactly the budget: full size`,
+      );
+    }
+    t.equal(
+      planVariants(input(), ALL, { avifMaxPixels: budget }).find((s) => s.variantType === 'avif')?.maxWidth,
+      null,
+      '8 MP: full size',
+    );
+    t.equal(
+      planVariants(input({ width: 8165, height: 6124 }), ALL, { avifMaxPixels: 0 }).find(
+        (s) => s.variantType === 'avif',
+      )?.maxWidth,
+      null,
+      '0: no cap',
+    );
+  },
+);
+
+t.test('widthWithin: the largest width whose output fits the pixel budget', async (t) => {
+  for (const [w, h, budget] of [
+    [8165, 6124, 24e6],
+    [6124, 8165, 24e6],
+    [30000, 1000, 1e6],
+    [1000, 30000, 1e6],
+    [3264, 2448, 2e6],
+    [10001, 9999, 12_345_678],
+    [7, 50_000_000, 1e6],
+  ] as const) {
+    const mw = widthWithin(budget, w, h);
+    const out = outputSize(mw, w, h);
+    t.ok(
+      out.width * out.height <= budget || mw === 1,
+      `${w}×${h} in ${budget}: ${out.width}×${out.height} fits`,
+    );
+    const next = outputSize(mw + 1, w, h);
+    t.ok(mw === w || next.width * next.height > budget, `${w}×${h} in ${budget}: one more column would not`);
+    t.ok(Math.abs(out.width / out.height - w / h) / (w / h) < 0.01 || out.height < 100, 'aspect kept');
+  }
+  t.equal(widthWithin(24e6, 4000, 3000), 4000, 'fits already: unchanged');
 });
