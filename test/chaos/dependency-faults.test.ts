@@ -6,7 +6,7 @@ import t from 'tap';
 import { addPool } from '../../shared/pools.js';
 import { startS3 } from '../helpers/s3.js';
 import { makeUser } from '../helpers/stack.js';
-import { chaosEnv, liftRateLimits, proc, setSetting } from './helpers/env.js';
+import { chaosEnv, liftRateLimits, proc, setSetting, type ChaosEnv } from './helpers/env.js';
 import { corpus, LoadClient, percentile } from './helpers/load.js';
 import { pollReady, steadyUploads, type TimedOutcome } from './helpers/probe.js';
 import { sleep } from './helpers/random.js';
@@ -46,19 +46,26 @@ t.test('NATS restarted mid-load: 503 fast, /ready follows, reconnect, nothing lo
   await nats.start();
   const readyAgain = await waitReady(ready, upAt, 30_000);
   const resumedAt = await waitStored([flows.results, directs.results], readyAgain, 20_000);
+  // The projector follows the stream again: it reaches the head as of now while the load goes on.
+  const caughtUpAt = await checkpointReaches(env, await streamHead(env), 30_000);
   await Promise.all([flows.stop(), directs.stop(), ready.stop()]);
 
   const results = [...flows.results, ...directs.results];
   if (process.env.CHAOS_DEBUG)
     t.comment(
-      client.attempts.map((a) => `${a.step} ${a.startedAt - downAt} +${a.ms} ${a.status} ${a.code ?? ''} ${a.error ?? ''}`).join('\n'),
+      client.attempts
+        .map((a) => `${a.step} ${a.startedAt - downAt} +${a.ms} ${a.status} ${a.code ?? ''} ${a.error ?? ''}`)
+        .join('\n'),
       ready.samples.map((s) => `${s.at - downAt} +${s.ms} ${s.status}`).join(' | '),
     );
   // Started while NATS was down (after the clients could notice): answered fast, and refused with 503
   // JSON when answered before NATS came back.
   const started = results.filter((r) => r.startedAt >= downAt + 500 && r.startedAt < upAt);
   const during = started.filter((r) => r.startedAt + r.ms <= upAt);
-  t.ok(directs.results.filter((r) => during.includes(r)).length >= 2, `${during.length} uploads answered during the outage`);
+  t.ok(
+    directs.results.filter((r) => during.includes(r)).length >= 2,
+    `${during.length} uploads answered during the outage`,
+  );
   t.same(
     during.filter((r) => r.status !== 503).map((r) => `${r.item.name}:${r.status}`),
     [],
@@ -70,7 +77,11 @@ t.test('NATS restarted mid-load: 503 fast, /ready follows, reconnect, nothing lo
     'each 503 in the JSON error shape',
   );
   const slow = started.filter((r) => r.ms > FAIL_FAST_MS);
-  t.same(slow.map((r) => `${r.item.name}:${r.ms}ms`), [], `every upload started during the outage answered within ${FAIL_FAST_MS} ms`);
+  t.same(
+    slow.map((r) => `${r.item.name}:${r.ms}ms`),
+    [],
+    `every upload started during the outage answered within ${FAIL_FAST_MS} ms`,
+  );
   const after = results.filter((r) => r.startedAt >= readyAgain);
   t.ok(
     after.some((r) => r.status === 201),
@@ -88,12 +99,19 @@ t.test('NATS restarted mid-load: 503 fast, /ready follows, reconnect, nothing lo
   if (process.env.CHAOS_DEBUG)
     t.comment(
       'retries:',
-      retrying.attempts.map((a) => `${a.step} ${a.startedAt - downAt} +${a.ms} ${a.status} ${a.code ?? ''} ${a.error ?? ''}`).join('\n'),
+      retrying.attempts
+        .map((a) => `${a.step} ${a.startedAt - downAt} +${a.ms} ${a.status} ${a.code ?? ''} ${a.error ?? ''}`)
+        .join('\n'),
     );
-  t.ok(retried.every((o) => is2xx(o.status)), 'every refused upload is stored when tried again');
+  t.ok(
+    retried.every((o) => is2xx(o.status)),
+    'every refused upload is stored when tried again',
+  );
   const outcomes = [...results.filter((r) => is2xx(r.status)), ...retried];
   // Every 2xx has its ImageStored in the stream (verifyAcked counts an acknowledged image without one as lost).
   const convergeMs = await waitConverged(env, acked(outcomes), 90_000);
+  const projectorMs = caughtUpAt - upAt;
+  t.ok(projectorMs < 15_000, `projector caught up with the stream ${projectorMs} ms after NATS is back`);
   const v = await verifyAcked(t, env, outcomes);
   summary(t, 'nats-restart', {
     faults: 1,
@@ -101,10 +119,14 @@ t.test('NATS restarted mid-load: 503 fast, /ready follows, reconnect, nothing lo
     uploads_tried: results.length,
     during_outage: during.length,
     during_statuses: [...new Set(during.map((r) => r.status))].join(','),
-    started_during_p50_ms: percentile(started.map((r) => r.ms), 50),
+    started_during_p50_ms: percentile(
+      started.map((r) => r.ms),
+      50,
+    ),
     started_during_max_ms: Math.max(0, ...started.map((r) => r.ms)),
     ready_again_ms: readyAgain - upAt,
     uploads_resumed_ms: resumedAt - upAt,
+    projector_caught_up_ms: projectorMs,
     acked: v.acked,
     lost: v.lost,
     duplicates: v.duplicates + v.duplicateEvents,
@@ -118,7 +140,15 @@ t.test('Postgres restarted mid-load: /ready 503, projector catches up, uploads r
   const pg = await startPrivatePostgres(t);
   const env = await chaosEnv(t, { pgBase: pg.url });
   await liftRateLimits(env);
-  const node = await proc(t, env, 'node', ALL, process.env.CHAOS_TRACE ? { extra: { NODE_OPTIONS: `--stack-trace-limit=50 --import ${process.env.CHAOS_TRACE}` } } : {});
+  const node = await proc(
+    t,
+    env,
+    'node',
+    ALL,
+    process.env.CHAOS_TRACE
+      ? { extra: { NODE_OPTIONS: `--stack-trace-limit=50 --import ${process.env.CHAOS_TRACE}` } }
+      : {},
+  );
   const user = await makeUser(env, 'premium_max');
   const items = await corpus(80, { photos: 4 });
   const client = new LoadClient(() => node.url, user.apiKey, { retry: false, requestTimeoutMs: 30_000 });
@@ -144,7 +174,9 @@ t.test('Postgres restarted mid-load: /ready 503, projector catches up, uploads r
   const after = load.results.filter((r) => r.startedAt >= readyAgain);
   if (process.env.CHAOS_DEBUG)
     t.comment(
-      client.attempts.map((a) => `${a.step} ${a.startedAt - downAt} +${a.ms} ${a.status} ${a.code ?? ''} ${a.error ?? ''}`).join('\n'),
+      client.attempts
+        .map((a) => `${a.step} ${a.startedAt - downAt} +${a.ms} ${a.status} ${a.code ?? ''} ${a.error ?? ''}`)
+        .join('\n'),
       ready.samples.map((s) => `${s.at - downAt} +${s.ms} ${s.status} ${JSON.stringify(s.body)}`).join('\n'),
     );
   t.ok(during.length >= 3, `${during.length} uploads tried during the outage`);
@@ -158,17 +190,28 @@ t.test('Postgres restarted mid-load: /ready 503, projector catches up, uploads r
     [],
     'each 503 in the JSON error shape',
   );
-  t.ok(after.some((r) => r.status === 201), `uploads succeed again ${resumedAt - upAt} ms after Postgres is back`);
+  t.ok(
+    after.some((r) => r.status === 201),
+    `uploads succeed again ${resumedAt - upAt} ms after Postgres is back`,
+  );
   const readyDuring = ready.samples.filter((s) => s.at >= downAt + 500 && s.at + s.ms <= upAt);
-  t.ok(readyDuring.length > 0 && readyDuring.every((s) => s.status === 503), `/ready 503 during the outage (${readyDuring.length} probes)`);
+  t.ok(
+    readyDuring.length > 0 && readyDuring.every((s) => s.status === 503),
+    `/ready 503 during the outage (${readyDuring.length} probes)`,
+  );
   t.ok(readyAgain - upAt < 15_000, `/ready 200 ${readyAgain - upAt} ms after Postgres is back`);
 
   const retried = await load.retryFailed(new LoadClient(() => node.url, user.apiKey, { deadlineMs: 60_000 }));
-  t.ok(retried.every((o) => is2xx(o.status)), 'every refused upload is stored when tried again');
+  t.ok(
+    retried.every((o) => is2xx(o.status)),
+    'every refused upload is stored when tried again',
+  );
   const outcomes = [...load.results.filter((r) => is2xx(r.status)), ...retried];
   const convergeMs = await waitConverged(env, acked(outcomes), 90_000);
   const facts = await streamFacts(env);
-  const [cp] = await env.sql()<{ last_seq: number }[]>`select last_seq from projection_checkpoint where name = 'main'`;
+  const [cp] = await env.sql()<
+    { last_seq: number }[]
+  >`select last_seq from projection_checkpoint where name = 'main'`;
   t.equal(Number(cp?.last_seq), facts.lastSeq, 'projector checkpoint == stream head');
   const v = await verifyAcked(t, env, outcomes);
   summary(t, 'postgres-restart', {
@@ -222,7 +265,10 @@ t.test('S3 down for 60 s during 20 uploads with backups on: every backup complet
   await s3.stop();
   const outcomes = [];
   for (const item of items) outcomes.push(await client.upload(item));
-  t.ok(outcomes.every((o) => o.status === 201), 'uploads do not depend on S3');
+  t.ok(
+    outcomes.every((o) => o.status === 201),
+    'uploads do not depend on S3',
+  );
   const ids = acked(outcomes);
   // The first attempts fail while S3 is down (the backup worker does not wait for it).
   const failedFirst = await waitRows(env, ids, `last_error is not null`, 30_000);
@@ -265,13 +311,34 @@ function acked(outcomes: readonly { status: number; imageId: string | null }[]):
   return [...new Set(outcomes.filter((o) => is2xx(o.status) && o.imageId).map((o) => o.imageId ?? ''))];
 }
 
-async function waitReady(ready: ReturnType<typeof pollReady>, after: number, timeoutMs: number): Promise<number> {
+async function waitReady(
+  ready: ReturnType<typeof pollReady>,
+  after: number,
+  timeoutMs: number,
+): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const s = ready.firstAfter(after, 200);
     if (s) return s.at;
     if (Date.now() > deadline)
       throw new Error(`/ready never answered 200 again: ${JSON.stringify(ready.samples.at(-1)?.body)}`);
+    await sleep(100);
+  }
+}
+
+async function streamHead(env: ChaosEnv): Promise<number> {
+  const jsm = await (await env.js()).jetstreamManager();
+  return (await jsm.streams.info(env.names.stream)).state.last_seq;
+}
+
+/** When the projector's checkpoint reaches `seq`. */
+async function checkpointReaches(env: ChaosEnv, seq: number, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [row] = await env.sql()<{ last_seq: number }[]>`
+      select last_seq from projection_checkpoint where name = 'main'`.catch(() => []);
+    if (Number(row?.last_seq ?? 0) >= seq) return Date.now();
+    if (Date.now() > deadline) throw new Error(`projector did not reach seq ${seq} within ${timeoutMs} ms`);
     await sleep(100);
   }
 }
@@ -292,21 +359,17 @@ async function waitStored(
   }
 }
 
-async function waitRows(
-  env: Awaited<ReturnType<typeof chaosEnv>>,
-  ids: string[],
-  where: string,
-  timeoutMs: number,
-): Promise<boolean> {
+async function waitRows(env: ChaosEnv, ids: string[], where: string, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const [row] = await env.sql().unsafe<{ n: number }[]>(
-      `select count(*)::int as n from image_backups where image_id = any($1::uuid[]) and ${where}`,
-      [ids],
-    );
+    const [row] = await env
+      .sql()
+      .unsafe<{ n: number }[]>(
+        `select count(*)::int as n from image_backups where image_id = any($1::uuid[]) and ${where}`,
+        [ids],
+      );
     if ((row?.n ?? 0) === ids.length) return true;
     if (Date.now() > deadline) return false;
     await sleep(250);
   }
 }
-

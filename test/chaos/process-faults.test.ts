@@ -27,6 +27,7 @@ t.test('kill -9 of worker, projector and storage node under upload load', async 
   // them again (a client that never saw its answer uploads again: must be the same image).
   const t0 = Date.now();
   let loadDone = false;
+  let loadEndAt = 0;
   const load = (async () => {
     const first = await pool(items, 4, async (item, i) => {
       await sleep(i * 800 - (Date.now() - t0));
@@ -34,6 +35,7 @@ t.test('kill -9 of worker, projector and storage node under upload load', async 
     });
     const again = await pool(items.slice(0, 6), 3, (item) => client.upload(item));
     loadDone = true;
+    loadEndAt = Date.now();
     return [...first, ...again];
   })();
 
@@ -52,8 +54,15 @@ t.test('kill -9 of worker, projector and storage node under upload load', async 
   }
   const healedAt = Date.now();
   const outcomes: Outcome[] = await load;
+  const loadMs = loadEndAt - t0;
   t.ok(loadDone, 'load finished');
 
+  if (process.env.CHAOS_DEBUG)
+    t.comment(
+      client.attempts
+        .map((a) => `${a.startedAt - t0} +${a.ms} ${a.step} ${a.status} ${a.code ?? ''} ${a.item}`)
+        .join('\n'),
+    );
   const refused = outcomes.filter((o) => o.status >= 400);
   const acked = outcomes.filter((o) => o.status >= 200 && o.status < 300);
   t.same(
@@ -74,6 +83,11 @@ t.test('kill -9 of worker, projector and storage node under upload load', async 
   t.equal(v.duplicates, 0, 'no duplicate images');
   t.equal(v.duplicateEvents, 0, 'no duplicate variant/processed events');
   const failedAttempts = client.attempts.filter((a) => a.status === 0 || a.status >= 500 || a.status === 409);
+  const codes = new Map<string, number>();
+  for (const a of failedAttempts) {
+    const k = `${a.step}:${a.status}${a.code ? `:${a.code}` : ''}`;
+    codes.set(k, (codes.get(k) ?? 0) + 1);
+  }
   summary(t, 'process-faults', {
     seed: r.seed,
     faults: faults.length,
@@ -82,7 +96,9 @@ t.test('kill -9 of worker, projector and storage node under upload load', async 
     acked: v.acked,
     images: v.images,
     retried_attempts: failedAttempts.length,
-    load_ms: Date.now() - t0,
+    retry_reasons: [...codes].map(([k, n]) => `${k}×${n}`).join(' '),
+    max_attempts: Math.max(...outcomes.map((o) => o.attempts)),
+    load_ms: loadMs,
     restart_ms_max: Math.max(...restarts),
     lost: v.lost,
     duplicates: v.duplicates + v.duplicateEvents,

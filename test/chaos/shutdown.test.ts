@@ -50,7 +50,9 @@ t.test('SIGTERM while processing: stop intake, drain, exit 0, complete after res
   // Wait until the worker is busy with them.
   const deadline = Date.now() + 30_000;
   for (;;) {
-    const [row] = await env.sql()<{ n: number }[]>`select count(*)::int as n from images where status = 'processing'`;
+    const [row] = await env.sql()<
+      { n: number }[]
+    >`select count(*)::int as n from images where status = 'processing'`;
     if ((row?.n ?? 0) > 0) break;
     if (Date.now() > deadline) throw new Error('worker never started processing');
     await sleep(50);
@@ -85,7 +87,9 @@ t.test('SIGTERM while processing: stop intake, drain, exit 0, complete after res
 
   // Every answer during the shutdown: 2xx (then its event exists, checked below), 503 JSON, or refused.
   const afterSig = during.filter((o) => o.startedAt >= sigAt);
-  const bad = afterSig.filter((o) => !(o.status === 0 || o.status === 503 || (o.status >= 200 && o.status < 300)));
+  const bad = afterSig.filter(
+    (o) => !(o.status === 0 || o.status === 503 || (o.status >= 200 && o.status < 300)),
+  );
   t.same(
     bad.map((o) => `${o.item.name}:${o.status}`),
     [],

@@ -31,7 +31,10 @@ export interface ChaosEnv extends TestEnv {
  * One isolated system. With `natsUrl`/`pgBase` it lives on private servers (which the caller tears
  * down; nothing to clean there), otherwise on the machine's, cleaned up like testEnv does.
  */
-export async function chaosEnv(t: Teardown, o: { natsUrl?: string; pgBase?: string } = {}): Promise<ChaosEnv> {
+export async function chaosEnv(
+  t: Teardown,
+  o: { natsUrl?: string; pgBase?: string } = {},
+): Promise<ChaosEnv> {
   const id = randomBytes(5).toString('hex');
   const namespace = `t_${id}`;
   const natsUrl = o.natsUrl ?? NATS_URL;
@@ -172,4 +175,3 @@ export async function proc(
   };
   return p;
 }
-

@@ -159,7 +159,7 @@ export class LoadClient {
         this.o.requestTimeoutMs ?? 20_000,
       );
       const body = await parse(s);
-      if (s.status !== 201) this.record(item, 'session', t0, s.status, body);
+      this.record(item, 'session', t0, s.status, body);
       return { status: s.status, body, retryAfterMs: retryAfter(s) };
     } catch (err) {
       this.record(item, 'session', t0, 0, {}, err);
@@ -221,7 +221,11 @@ export class LoadClient {
 }
 
 /** Runs `fn` over `items` with at most `concurrency` at once; results in item order. */
-export async function pool<T, R>(items: readonly T[], concurrency: number, fn: (x: T, i: number) => Promise<R>) {
+export async function pool<T, R>(
+  items: readonly T[],
+  concurrency: number,
+  fn: (x: T, i: number) => Promise<R>,
+) {
   const out: R[] = new Array<R>(items.length);
   let next = 0;
   await Promise.all(

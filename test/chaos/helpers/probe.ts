@@ -1,6 +1,6 @@
 // Background observers for outage tests: a /ready poller and a steady upload stream, both recording
 // what they saw and when, so a test can check each phase (before, during, after an outage).
-import type { LoadClient} from './load.js';
+import type { LoadClient } from './load.js';
 import { type Item, type Outcome } from './load.js';
 import { sleep } from './random.js';
 
@@ -87,7 +87,9 @@ export function steadyUploads(
     /** Items never acknowledged, uploaded again with retries; returns every final outcome. */
     async retryFailed(retrying: LoadClient): Promise<Outcome[]> {
       const ok = new Set(results.filter((r) => r.status >= 200 && r.status < 300).map((r) => r.item.name));
-      const failed = [...new Map(results.filter((r) => !ok.has(r.item.name)).map((r) => [r.item.name, r.item])).values()];
+      const failed = [
+        ...new Map(results.filter((r) => !ok.has(r.item.name)).map((r) => [r.item.name, r.item])).values(),
+      ];
       const out: Outcome[] = [];
       for (const item of failed) out.push(await retrying.upload(item));
       return out;

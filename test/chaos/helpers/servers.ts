@@ -119,7 +119,11 @@ function natsServer(o: NatsOptions): NatsServer {
 /** One private JetStream server on a free port (its own store dir), stopped and removed at teardown. */
 export async function startPrivateNats(t: Teardown, name = 'solo'): Promise<NatsServer> {
   const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), `pixelfox-nats-${name}-`));
-  const s = natsServer({ name: `${name}-${randomBytes(3).toString('hex')}`, port: await freePort(), storeDir });
+  const s = natsServer({
+    name: `${name}-${randomBytes(3).toString('hex')}`,
+    port: await freePort(),
+    storeDir,
+  });
   t.teardown(async () => {
     await s.kill9();
     await fs.rm(storeDir, { recursive: true, force: true });
@@ -211,7 +215,8 @@ function asPostgres(bin: string, args: string[], timeoutMs = 60_000): string {
   const cmd = root ? 'runuser' : path.join(PG_BIN, bin);
   const full = root ? ['-u', 'postgres', '--', path.join(PG_BIN, bin), ...args] : args;
   const r = spawnSync(cmd, full, { encoding: 'utf8', timeout: timeoutMs });
-  if (r.status !== 0) throw new Error(`${bin} ${args.join(' ')} failed (${r.status}): ${r.stderr}${r.stdout}`);
+  if (r.status !== 0)
+    throw new Error(`${bin} ${args.join(' ')} failed (${r.status}): ${r.stderr}${r.stdout}`);
   return r.stdout;
 }
 

@@ -84,12 +84,18 @@ export async function streamFacts(env: ChaosEnv): Promise<StreamFacts> {
 }
 
 async function checkpoint(env: ChaosEnv): Promise<number> {
-  const [row] = await env.sql()<{ last_seq: number }[]>`select last_seq from projection_checkpoint where name = 'main'`;
+  const [row] = await env.sql()<
+    { last_seq: number }[]
+  >`select last_seq from projection_checkpoint where name = 'main'`;
   return Number(row?.last_seq ?? 0);
 }
 
 /** Waits until every acknowledged image is completed or failed and the projector is at the stream head. */
-export async function waitConverged(env: ChaosEnv, imageIds: readonly string[], timeoutMs: number): Promise<number> {
+export async function waitConverged(
+  env: ChaosEnv,
+  imageIds: readonly string[],
+  timeoutMs: number,
+): Promise<number> {
   const t0 = Date.now();
   const deadline = t0 + timeoutMs;
   let last = '';
@@ -159,7 +165,8 @@ export async function verifyAcked(t: Assert, env: ChaosEnv, outcomes: readonly O
 
   // Every answer for the same bytes names the same image.
   const bySha = new Map<string, Set<string>>();
-  for (const o of acked) bySha.set(o.item.sha256, (bySha.get(o.item.sha256) ?? new Set()).add(o.imageId ?? ''));
+  for (const o of acked)
+    bySha.set(o.item.sha256, (bySha.get(o.item.sha256) ?? new Set()).add(o.imageId ?? ''));
   for (const [sha, ids] of bySha) {
     if (ids.size > 1) {
       v.duplicates += ids.size - 1;
@@ -197,7 +204,9 @@ export async function verifyAcked(t: Assert, env: ChaosEnv, outcomes: readonly O
   >`select id, user_id, status, status_reason, stored_path, size, sha256, variant_count from images`;
   v.images = rows.length;
   const byId = new Map(rows.map((r) => [r.id, r]));
-  const variantRows = await sql<{ image_id: string; variant_type: string; path: string; bytes: number; sha256: string }[]>`
+  const variantRows = await sql<
+    { image_id: string; variant_type: string; path: string; bytes: number; sha256: string }[]
+  >`
     select image_id, variant_type, path, bytes, sha256 from image_variants`;
   const metaIds = new Set(
     (await sql<{ image_id: string }[]>`select image_id from image_metadata`).map((r) => r.image_id),
@@ -224,7 +233,9 @@ export async function verifyAcked(t: Assert, env: ChaosEnv, outcomes: readonly O
       const vs = variantRows.filter((r) => r.image_id === id);
       v.variants += vs.length;
       if (vs.length === 0 || vs.length !== row.variant_count)
-        incomplete.push(`${o.item.name}: ${vs.length} variant rows, ImageProcessed said ${row.variant_count}`);
+        incomplete.push(
+          `${o.item.name}: ${vs.length} variant rows, ImageProcessed said ${row.variant_count}`,
+        );
       for (const r of vs) {
         const f = await fileSha(path.join(env.poolDir, r.path));
         if (!f || f.size !== Number(r.bytes) || f.sha256 !== r.sha256)
@@ -238,15 +249,29 @@ export async function verifyAcked(t: Assert, env: ChaosEnv, outcomes: readonly O
       incomplete.push(`${o.item.name}: stuck in ${row.status}`);
     }
   }
-  t.same(lost, [], `every acknowledged upload (${seen.size} images) is in the stream, the read model and on disk`);
-  t.same(dup, [], 'no duplicate images: one per user and sha256, in the answers, the stream and the read model');
+  t.same(
+    lost,
+    [],
+    `every acknowledged upload (${seen.size} images) is in the stream, the read model and on disk`,
+  );
+  t.same(
+    dup,
+    [],
+    'no duplicate images: one per user and sha256, in the answers, the stream and the read model',
+  );
   t.same(dupEvents, [], 'each variant, metadata and processed event once in the stream');
-  t.same(incomplete, [], 'every image completed with all variants (rows + files) and metadata, or failed with a reason');
+  t.same(
+    incomplete,
+    [],
+    'every image completed with all variants (rows + files) and metadata, or failed with a reason',
+  );
   t.equal(rows.length, facts.storedIds.size, 'one read-model row per ImageStored');
 
   // Files a crash left behind without an event (between rename and publish): reported, not hidden.
   const known = new Set(rows.map((r) => r.stored_path));
-  v.orphanOriginals = (await filesUnder(env.poolDir)).filter((f) => f.startsWith('original/') && !known.has(f)).length;
+  v.orphanOriginals = (await filesUnder(env.poolDir)).filter(
+    (f) => f.startsWith('original/') && !known.has(f),
+  ).length;
   return v;
 }
 
