@@ -31,6 +31,21 @@ import { consumerLag, projectorLag } from '../ops/consumers.js';
 import { imageHistory } from '../ops/events.js';
 import { listFailedJobs, retryFailedJobs } from '../ops/failed-jobs.js';
 import { requestReprocess } from '../ops/images.js';
+import {
+  ApiKeySchema,
+  BackupCountsSchema,
+  ConsumersSchema,
+  counted,
+  CreatedUserSchema,
+  FailedJobSchema,
+  HistoryEventSchema,
+  NewKeySchema,
+  PoolSchema,
+  PoolWithUsageSchema,
+  SettingsSchema,
+  SettingValue,
+  UserSchema,
+} from './admin-schemas.js';
 import { requireAdmin } from './auth.js';
 import { errors } from './schemas.js';
 
@@ -61,7 +76,18 @@ const PoolBody = Type.Object(
     ),
     description: Type.Optional(Type.String()),
   },
-  { additionalProperties: false },
+  {
+    additionalProperties: false,
+    examples: [
+      {
+        name: 'img2',
+        storage_type: 'local',
+        base_path: '/var/lib/pixelfox/pools/img2',
+        public_base_url: 'https://img2.example.com',
+        node_id: 'node-b',
+      },
+    ],
+  },
 );
 
 const IdParam = Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }) });
@@ -80,7 +106,14 @@ export async function adminRoutes(app: App, ctx: Ctx) {
 
   app.get(
     '/api/admin/pools',
-    { schema: { tags: ['admin'], summary: 'Pools with usage and health', security } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'Pools with usage and health',
+        security,
+        response: { 200: Type.Array(PoolWithUsageSchema), ...errors(401) },
+      },
+    },
     async () => {
       const pools = await listPools(ctx.sql);
       const [usage, health] = await Promise.all([
@@ -107,7 +140,7 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         summary: 'Add a pool',
         security,
         body: PoolBody,
-        response: { ...errors(400, 401) },
+        response: { 201: PoolSchema, ...errors(400, 401) },
       },
     },
     async (req, reply) => {
@@ -125,7 +158,15 @@ export async function adminRoutes(app: App, ctx: Ctx) {
   );
   app.get(
     '/api/admin/pools/:id',
-    { schema: { tags: ['admin'], summary: 'One pool', security, params: IdParam } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'One pool (by id or name)',
+        security,
+        params: IdParam,
+        response: { 200: PoolSchema, ...errors(401, 404) },
+      },
+    },
     async (req) => {
       const pool = await getPool(ctx.sql, req.params.id);
       if (!pool) throw notFound('pool not found');
@@ -140,7 +181,8 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         summary: 'Change a pool',
         security,
         params: IdParam,
-        body: Type.Partial(PoolBody),
+        body: Type.Partial(PoolBody, { examples: [{ is_active: false }] }),
+        response: { 200: PoolSchema, ...errors(400, 401, 404) },
       },
     },
     async (req) => {
@@ -154,7 +196,14 @@ export async function adminRoutes(app: App, ctx: Ctx) {
 
   app.get(
     '/api/admin/settings',
-    { schema: { tags: ['admin'], summary: 'All settings', security } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'All settings (defaults where unset)',
+        security,
+        response: { 200: SettingsSchema, ...errors(401) },
+      },
+    },
     async () => ctx.settings.all(),
   );
   app.put(
@@ -164,8 +213,20 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         tags: ['admin'],
         summary: 'Change a setting',
         security,
-        params: Type.Object({ key: Type.String() }),
-        body: Type.Object({ value: Type.Unknown() }),
+        params: Type.Object({ key: Type.String({ examples: ['job_queue_worker_count'] }) }),
+        body: Type.Object(
+          {
+            value: Type.Unknown({ description: "the new value (strings are parsed to the setting's type)" }),
+          },
+          { examples: [{ value: 4 }] },
+        ),
+        response: {
+          200: Type.Object(
+            { key: Type.String(), value: SettingValue },
+            { examples: [{ key: 'job_queue_worker_count', value: 4 }] },
+          ),
+          ...errors(400, 401, 404),
+        },
       },
     },
     async (req) => {
@@ -180,8 +241,17 @@ export async function adminRoutes(app: App, ctx: Ctx) {
     },
   );
 
-  app.get('/api/admin/users', { schema: { tags: ['admin'], summary: 'Users', security } }, async () =>
-    listUsers(ctx.sql),
+  app.get(
+    '/api/admin/users',
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'Users',
+        security,
+        response: { 200: Type.Array(UserSchema), ...errors(401) },
+      },
+    },
+    async () => listUsers(ctx.sql),
   );
   app.post(
     '/api/admin/users',
@@ -196,6 +266,7 @@ export async function adminRoutes(app: App, ctx: Ctx) {
             Type.Union([Type.Literal('free'), Type.Literal('premium'), Type.Literal('premium_max')]),
           ),
         }),
+        response: { 201: CreatedUserSchema, ...errors(400, 401) },
       },
     },
     async (req, reply) => {
@@ -218,28 +289,44 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         summary: 'Change plan, preferences or disable a user',
         security,
         params: IdParam,
-        body: Type.Object({
-          plan: Type.Optional(Type.String()),
-          prefs: Type.Optional(
-            Type.Object({ webp: Type.Optional(Type.Boolean()), avif: Type.Optional(Type.Boolean()) }),
-          ),
-          disabled: Type.Optional(Type.Boolean()),
-        }),
+        body: Type.Object(
+          {
+            plan: Type.Optional(Type.String()),
+            prefs: Type.Optional(
+              Type.Object({ webp: Type.Optional(Type.Boolean()), avif: Type.Optional(Type.Boolean()) }),
+            ),
+            disabled: Type.Optional(Type.Boolean()),
+          },
+          { examples: [{ plan: 'premium', prefs: { avif: false } }] },
+        ),
+        response: { 200: UserSchema, ...errors(400, 401, 404) },
       },
     },
     async (req) => {
       const u = await getUser(ctx.sql, req.params.id);
       if (!u) throw notFound('user not found');
+      let updated;
       try {
-        return await updateUser(ctx.sql, u.id, req.body);
+        updated = await updateUser(ctx.sql, u.id, req.body);
       } catch (err) {
         throw badRequest('invalid_user', (err as Error).message);
       }
+      // Deleted between the two statements.
+      if (!updated) throw notFound('user not found');
+      return updated;
     },
   );
   app.get(
     '/api/admin/users/:id/keys',
-    { schema: { tags: ['admin'], summary: "A user's API keys", security, params: IdParam } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: "A user's API keys",
+        security,
+        params: IdParam,
+        response: { 200: Type.Array(ApiKeySchema), ...errors(401, 404) },
+      },
+    },
     async (req) => {
       const u = await getUser(ctx.sql, req.params.id);
       if (!u) throw notFound('user not found');
@@ -254,7 +341,8 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         summary: 'Create an API key',
         security,
         params: IdParam,
-        body: Type.Object({ name: Type.Optional(Type.String({ maxLength: 100 })) }),
+        body: Type.Object({ name: Type.Optional(Type.String({ maxLength: 100, examples: ['ci'] })) }),
+        response: { 201: NewKeySchema, ...errors(400, 401, 404) },
       },
     },
     async (req, reply) => {
@@ -266,10 +354,21 @@ export async function adminRoutes(app: App, ctx: Ctx) {
   );
   app.post(
     '/api/admin/keys/:id/revoke',
-    { schema: { tags: ['admin'], summary: 'Revoke an API key', security, params: IdParam } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'Revoke an API key',
+        security,
+        params: IdParam,
+        response: {
+          200: Type.Object({ revoked: Type.Literal(true) }, { examples: [{ revoked: true }] }),
+          ...errors(401, 404),
+        },
+      },
+    },
     async (req) => {
       if (!(await revokeApiKey(ctx.sql, req.params.id))) throw notFound('key not found or already revoked');
-      return { revoked: true };
+      return { revoked: true as const };
     },
   );
   app.post(
@@ -280,6 +379,7 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         summary: 'Rotate an API key (new key, old one revoked)',
         security,
         params: IdParam,
+        response: { 200: NewKeySchema, ...errors(401, 404) },
       },
     },
     async (req) => {
@@ -291,7 +391,15 @@ export async function adminRoutes(app: App, ctx: Ctx) {
 
   app.post(
     '/api/admin/images/:id/reprocess',
-    { schema: { tags: ['admin'], summary: 'Reprocess one image', security, params: IdParam } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'Reprocess one image',
+        security,
+        params: IdParam,
+        response: { 202: counted('requested', 'reprocess requests published'), ...errors(401, 404) },
+      },
+    },
     async (req, reply) => {
       const ids = await requestReprocess(ctx.sql, ctx.pub, { imageId: req.params.id }, 'admin-api');
       if (ids.length === 0) throw notFound('image not found');
@@ -300,7 +408,14 @@ export async function adminRoutes(app: App, ctx: Ctx) {
   );
   app.post(
     '/api/admin/images/reprocess-failed',
-    { schema: { tags: ['admin'], summary: 'Reprocess every failed image', security } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'Reprocess every failed image',
+        security,
+        response: { 202: counted('requested', 'reprocess requests published'), ...errors(401) },
+      },
+    },
     async (_req, reply) =>
       reply.status(202).send({
         requested: (await requestReprocess(ctx.sql, ctx.pub, { failed: true }, 'admin-api')).length,
@@ -308,7 +423,15 @@ export async function adminRoutes(app: App, ctx: Ctx) {
   );
   app.get(
     '/api/admin/images/:id/history',
-    { schema: { tags: ['admin'], summary: "One image's events", security, params: IdParam } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: "One image's events in stream order (empty for an unknown image)",
+        security,
+        params: IdParam,
+        response: { 200: Type.Array(HistoryEventSchema), ...errors(401) },
+      },
+    },
     async (req) =>
       (await imageHistory(ctx.nats.js, ctx.names, req.params.id)).map((e) => ({ seq: e.seq, ...e.event })),
   );
@@ -319,7 +442,11 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         tags: ['admin'],
         summary: 'Re-queue failed backups',
         security,
-        body: Type.Object({ image_id: Type.Optional(Type.String({ format: 'uuid' })) }),
+        body: Type.Object(
+          { image_id: Type.Optional(Type.String({ format: 'uuid' })) },
+          { description: 'no image_id: every failed backup', examples: [{}] },
+        ),
+        response: { 202: counted('requeued', 'backups re-queued'), ...errors(400, 401) },
       },
     },
     async (req, reply) =>
@@ -334,7 +461,10 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         tags: ['admin'],
         summary: 'Failed jobs (max deliveries or terminated)',
         security,
-        querystring: Type.Object({ all: Type.Optional(Type.Boolean()) }),
+        querystring: Type.Object({
+          all: Type.Optional(Type.Boolean({ description: 'include retried ones' })),
+        }),
+        response: { 200: Type.Array(FailedJobSchema), ...errors(400, 401) },
       },
     },
     async (req) => listFailedJobs(ctx.sql, { includeRetried: req.query.all === true }),
@@ -346,10 +476,14 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         tags: ['admin'],
         summary: 'Retry one failed job or all',
         security,
-        body: Type.Union([
-          Type.Object({ all: Type.Literal(true) }),
-          Type.Object({ consumer: Type.String(), stream_seq: Type.Integer() }),
-        ]),
+        body: Type.Union(
+          [
+            Type.Object({ all: Type.Literal(true) }),
+            Type.Object({ consumer: Type.String(), stream_seq: Type.Integer() }),
+          ],
+          { examples: [{ all: true }, { consumer: 'pixelfox_processor-local', stream_seq: 42 }] },
+        ),
+        response: { 202: counted('retried', 'jobs asked for again'), ...errors(400, 401) },
       },
     },
     async (req, reply) => {
@@ -368,18 +502,33 @@ export async function adminRoutes(app: App, ctx: Ctx) {
         tags: ['admin'],
         summary: 'Move the images of a pool to another pool',
         security,
-        body: Type.Object({
-          from_pool_id: Type.String({ minLength: 1 }),
-          to_pool_id: Type.String({ minLength: 1 }),
-          limit: Type.Optional(Type.Integer({ minimum: 1 })),
-        }),
+        body: Type.Object(
+          {
+            from_pool_id: Type.String({ minLength: 1, description: 'pool id or name' }),
+            to_pool_id: Type.String({ minLength: 1, description: 'pool id or name' }),
+            limit: Type.Optional(Type.Integer({ minimum: 1 })),
+          },
+          { examples: [{ from_pool_id: 'default', to_pool_id: 'img2', limit: 1000 }] },
+        ),
         response: {
-          202: Type.Object({
-            move_id: Type.String(),
-            count: Type.Integer(),
-            from_pool_id: Type.String(),
-            to_pool_id: Type.String(),
-          }),
+          202: Type.Object(
+            {
+              move_id: Type.String(),
+              count: Type.Integer(),
+              from_pool_id: Type.String(),
+              to_pool_id: Type.String(),
+            },
+            {
+              examples: [
+                {
+                  move_id: '7c9e6679-7425-40de-944b-e07fc1f90ae7',
+                  count: 1000,
+                  from_pool_id: '0b8e5c2a-3d0a-4d35-9c6b-0d8c0b6a6c11',
+                  to_pool_id: '9d0c6a8e-3f57-4a4e-8c1e-6f1b2a3c4d5e',
+                },
+              ],
+            },
+          ),
           ...errors(400, 401, 404),
         },
       },
@@ -396,7 +545,14 @@ export async function adminRoutes(app: App, ctx: Ctx) {
   );
   app.get(
     '/api/admin/consumers',
-    { schema: { tags: ['admin'], summary: 'Consumer lag and projector lag', security } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'Consumer lag and projector lag',
+        security,
+        response: { 200: ConsumersSchema, ...errors(401) },
+      },
+    },
     async () => ({
       consumers: await consumerLag(ctx.nats.jsm, ctx.names),
       projector: await projectorLag(ctx.nats.jsm, ctx.names, ctx.sql),
@@ -404,8 +560,17 @@ export async function adminRoutes(app: App, ctx: Ctx) {
   );
   app.get(
     '/api/admin/backups',
-    { schema: { tags: ['admin'], summary: 'Backups by status', security } },
+    {
+      schema: {
+        tags: ['admin'],
+        summary: 'Backups by status',
+        security,
+        response: { 200: BackupCountsSchema, ...errors(401) },
+      },
+    },
     async () =>
-      ctx.sql`select status, count(*)::int as count from image_backups group by status order by status`,
+      ctx.sql<
+        { status: string; count: number }[]
+      >`select status, count(*)::int as count from image_backups group by status order by status`,
   );
 }

@@ -107,12 +107,15 @@ export async function apiRoutes(app: App, ctx: Ctx) {
         security: [{ apiKey: [] }],
         querystring: Type.Object({
           cursor: Type.Optional(Type.String({ maxLength: 200 })),
-          limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20 })),
+          limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20, examples: [50] })),
         }),
         response: {
           200: Type.Object({
             images: Type.Array(Type.Ref('Image')),
-            next_cursor: Type.Union([Type.String(), Type.Null()]),
+            next_cursor: Type.Union([Type.String(), Type.Null()], {
+              description: 'pass as ?cursor= for the next page; null on the last page',
+              examples: ['MjAyNS0wOS0wMVQxMjowMDowMC4wMDBafDBiOGU1YzJh'],
+            }),
           }),
           ...errors(400, 401),
         },
@@ -264,7 +267,24 @@ export async function apiRoutes(app: App, ctx: Ctx) {
       schema: {
         tags: ['images'],
         summary: 'Public view page of a shared image (HTML)',
-        params: Type.Object({ link: Type.String({ pattern: '^[A-Za-z0-9]{10}$' }) }),
+        params: Type.Object({
+          link: Type.String({ pattern: '^[A-Za-z0-9]{10}$', examples: ['Ab3dE6gH9k'] }),
+        }),
+        response: {
+          200: {
+            description: 'The page: the image, its size and a link to the original',
+            content: {
+              'text/html': {
+                schema: Type.String({
+                  examples: [
+                    '<!doctype html><html><head><title>holiday.jpg</title>…</head><body>…</body></html>',
+                  ],
+                }),
+              },
+            },
+          },
+          ...errors(400, 404),
+        },
       },
     },
     async (req, reply) => {

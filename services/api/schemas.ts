@@ -1,5 +1,6 @@
 // Route schemas (TypeBox → JSON Schema → OpenAPI). One error shape everywhere.
 import { Type, type TSchema } from '@sinclair/typebox';
+import type { FastifyContextConfig } from 'fastify';
 
 export const ErrorSchema = Type.Object(
   {
@@ -14,6 +15,22 @@ export const ErrorSchema = Type.Object(
 
 export function errors(...codes: number[]): Record<number, TSchema> {
   return Object.fromEntries(codes.map((c) => [c, Type.Ref('Error')]));
+}
+
+export const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
+/** A timestamp in a response; handlers may hand over a Date (the serializer writes it as ISO 8601). */
+export const DateTime = (opts: { description?: string } = {}) =>
+  Type.Unsafe<string | Date>(
+    Type.String({ format: 'date-time', examples: ['2025-09-01T12:00:00.000Z'], ...opts }),
+  );
+
+/**
+ * Documents a request body that the handler reads as a stream (multipart, raw bytes) in the OpenAPI
+ * document only. A `schema.body` would make fastify validate the parsed body, which for these routes
+ * is a stream (or nothing): the route config's swaggerTransform is read by @fastify/swagger alone.
+ */
+export function docOnlyBody(body: TSchema): Pick<FastifyContextConfig, 'swaggerTransform'> {
+  return { swaggerTransform: ({ schema, url }) => ({ schema: { ...schema, body }, url }) };
 }
 
 export const UuidParam = Type.Object({
@@ -93,15 +110,34 @@ export const ImageSchema = Type.Object(
   { $id: 'Image' },
 );
 
-export const UploadResultSchema = Type.Object({
-  image_uuid: Type.String({ format: 'uuid' }),
-  view_url: Type.String(),
-  url: Type.String(),
-  variants: Type.Array(Type.Unknown()),
-  duplicate: Type.Boolean(),
-  status: Type.String(),
-  width: Type.Integer(),
-  height: Type.Integer(),
-  size: Type.Integer(),
-  sha256: Type.String(),
-});
+/** A new upload (201): the image is stored and its event recorded; variants follow asynchronously. */
+export const UploadResultSchema = Type.Object(
+  {
+    image_uuid: Type.String({ format: 'uuid' }),
+    view_url: Type.String(),
+    url: Type.String(),
+    variants: Type.Array(Type.Unknown(), { description: 'always empty: variants are made after the answer' }),
+    duplicate: Type.Boolean(),
+    status: Type.String({ examples: ['pending'] }),
+    width: Type.Integer(),
+    height: Type.Integer(),
+    size: Type.Integer(),
+    sha256: Type.String(),
+  },
+  {
+    examples: [
+      {
+        image_uuid: '0b8e5c2a-3d0a-4d35-9c6b-0d8c0b6a6c11',
+        view_url: 'https://pixelfox.example.com/i/Ab3dE6gH9k',
+        url: 'https://img1.example.com/uploads/original/2025/09/01/0b8e5c2a-3d0a-4d35-9c6b-0d8c0b6a6c11.jpg',
+        variants: [],
+        duplicate: false,
+        status: 'pending',
+        width: 4000,
+        height: 3000,
+        size: 2345678,
+        sha256: '6bfdabd4fc33d112283c147acccc574e770bbe6fbdbc3d4da968ba7b606ecc2f',
+      },
+    ],
+  },
+);

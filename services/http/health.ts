@@ -3,6 +3,35 @@ import { Type } from '@sinclair/typebox';
 import type { App } from './app.js';
 import type { Ctx } from '../context.js';
 
+const Ready = Type.Object(
+  {
+    status: Type.Union([Type.Literal('ready'), Type.Literal('not_ready')]),
+    nats: Type.Boolean({ description: 'JetStream answered within 1.5 s' }),
+    postgres: Type.Boolean({ description: 'Postgres answered within 1.5 s' }),
+    projector: Type.Object(
+      {
+        running: Type.Boolean({ description: 'this process runs the projector role' }),
+        connected: Type.Boolean(),
+        leader: Type.Boolean({ description: 'this projector holds the lease and applies events' }),
+        last_seq: Type.Union([Type.Integer(), Type.Null()], {
+          description: 'last stream sequence applied (null without the projector role)',
+        }),
+      },
+      { description: 'always connected when this process does not run the projector' },
+    ),
+  },
+  {
+    examples: [
+      {
+        status: 'ready',
+        nats: true,
+        postgres: true,
+        projector: { running: true, connected: true, leader: true, last_seq: 1200 },
+      },
+    ],
+  },
+);
+
 async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   let t: NodeJS.Timeout | undefined;
   try {
@@ -44,14 +73,24 @@ export async function healthRoutes(app: App, ctx: Ctx) {
       schema: {
         tags: ['health'],
         summary: 'Liveness',
-        response: { 200: Type.Object({ status: Type.Literal('ok') }) },
+        response: { 200: Type.Object({ status: Type.Literal('ok') }, { examples: [{ status: 'ok' }] }) },
       },
     },
     async () => ({ status: 'ok' as const }),
   );
   app.get(
     '/ready',
-    { schema: { tags: ['health'], summary: 'Readiness: NATS, Postgres and the projector connected' } },
+    {
+      schema: {
+        tags: ['health'],
+        summary: 'Readiness: NATS, Postgres and the projector connected',
+        response: {
+          200: Ready,
+          // Not ready: the same checks; while shutting down: the error shape (code shutting_down).
+          503: Type.Union([Ready, Type.Ref('Error')]),
+        },
+      },
+    },
     async (_req, reply) => {
       const r = await readiness(ctx);
       return reply.status(r.ready ? 200 : 503).send({ status: r.ready ? 'ready' : 'not_ready', ...r.checks });

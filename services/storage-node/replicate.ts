@@ -29,7 +29,7 @@ import type { Pool } from '../../shared/pools.js';
 import { safeEqual } from '../../shared/security/secrets.js';
 import { LocalStore } from '../../shared/storage/local.js';
 import { assertNoSymlinkEscape, normaliseStoredPath, PathEscapeError } from '../../shared/storage/paths.js';
-import { errors } from '../api/schemas.js';
+import { docOnlyBody, errors } from '../api/schemas.js';
 import type { App } from '../http/app.js';
 import type { Ctx } from '../context.js';
 import {
@@ -202,10 +202,29 @@ const Query = Type.Object(
   { additionalProperties: false },
 );
 
-const Stored = Type.Object({
-  status: Type.Union([Type.Literal('stored'), Type.Literal('skipped')]),
-  size: Type.Integer(),
-  sha256: Type.String(),
+const Stored = Type.Object(
+  {
+    status: Type.Union([Type.Literal('stored'), Type.Literal('skipped')], {
+      description: 'skipped: the same file was already there (200)',
+    }),
+    size: Type.Integer(),
+    sha256: Type.String(),
+  },
+  {
+    examples: [
+      {
+        status: 'stored',
+        size: 2345678,
+        sha256: '6bfdabd4fc33d112283c147acccc574e770bbe6fbdbc3d4da968ba7b606ecc2f',
+      },
+    ],
+  },
+);
+
+/** The raw file; read as a stream by the route (documented only, see docOnlyBody). */
+const FileBytes = Type.String({
+  contentMediaType: 'application/octet-stream',
+  description: 'The file, exactly `size` bytes when given',
 });
 
 export async function replicateRoutes(app: App, ctx: Ctx, pools: () => Pool[]): Promise<void> {
@@ -224,6 +243,7 @@ export async function replicateRoutes(app: App, ctx: Ctx, pools: () => Pool[]): 
         querystring: Query,
         response: { 200: Stored, 201: Stored, ...errors(400, 401, 404, 409, 413, 415, 422, 429, 503) },
       },
+      config: docOnlyBody(FileBytes),
       onRequest: async (req) => authenticate(ctx, req),
       // An error answer may leave body bytes unread: close instead of keeping the connection for reuse.
       onError: async (_req, reply) => void reply.header('connection', 'close'),

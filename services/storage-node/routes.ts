@@ -1,12 +1,25 @@
 // Storage-node routes: direct upload, its health probe and CORS preflight, and file serving.
 import multipart from '@fastify/multipart';
+import { Type } from '@sinclair/typebox';
 import { AppError } from '../../shared/errors.js';
 import { recordUploadRejection } from '../../shared/metrics.js';
 import type { Pool } from '../../shared/pools.js';
+import { docOnlyBody, errors, UploadResultSchema } from '../api/schemas.js';
 import type { App } from '../http/app.js';
 import type { Ctx } from '../context.js';
 import { serveUpload } from './serve.js';
 import { handleUpload } from './upload.js';
+
+/** The form the client sends; parsed part by part and streamed to disk by handleUpload. */
+const UploadForm = Type.Object(
+  {
+    file: Type.String({
+      contentMediaType: 'application/octet-stream',
+      description: "The image (JPEG, PNG, GIF, WebP, AVIF or BMP), at most the session's max_bytes",
+    }),
+  },
+  { examples: [{ file: '<the image bytes>' }] },
+);
 
 const CORS = {
   'access-control-allow-origin': '*',
@@ -43,8 +56,18 @@ export async function storageNodeRoutes(
       schema: {
         tags: ['storage node'],
         summary: 'Direct upload (multipart, field "file")',
+        description:
+          'Authorization: Bearer <upload token> from POST /api/v1/upload/sessions. 201 with the new image; ' +
+          '200 with the existing image and `duplicate: true` for bytes this user already uploaded.',
+        security: [{ uploadToken: [] }],
         consumes: ['multipart/form-data'],
+        response: {
+          201: UploadResultSchema,
+          200: Type.Ref('Image'),
+          ...errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
+        },
       },
+      config: docOnlyBody(UploadForm),
     },
     async (req, reply) => {
       try {
