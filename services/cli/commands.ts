@@ -451,20 +451,30 @@ export const COMMANDS: Command[] = [
   },
   {
     name: 'images reprocess',
-    usage: 'images reprocess <uuid> | --failed',
+    usage: 'images reprocess <uuid> | --failed [--json]',
     summary: 'Run the variant pipeline again for one image or every failed one',
-    options: { failed: { type: 'boolean' } },
+    options: { failed: { type: 'boolean' }, ...json },
     run: async (v, [id]) => {
       if (!id && !v.failed) throw new Error('give an image uuid or --failed');
       const config = cliConfig();
       const log = cliLogger(config);
       const n = names(config.namespace);
       const ids = await withDb(config, log, (sql) =>
-        withNats(config, log, ({ js }) =>
-          requestReprocess(sql, publisher(js, n), v.failed ? { failed: true } : { imageId: id ?? '' }, 'cli'),
-        ),
+        withNats(config, log, async ({ js }) => {
+          const bar = progress('reprocess', 0);
+          const out = await requestReprocess(
+            sql,
+            publisher(js, n),
+            v.failed ? { failed: true } : { imageId: id ?? '' },
+            'cli',
+            (done, total) => bar.update(done, total),
+          );
+          bar.finish();
+          return out;
+        }),
       );
-      console.log(`reprocessing requested for ${ids.length} image(s)`);
+      if (v.json) printJson({ requested: ids.length, image_ids: ids });
+      else console.log(`reprocessing requested for ${ids.length} image(s)`);
       return ids.length === 0 && id ? 1 : 0;
     },
   },
