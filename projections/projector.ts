@@ -10,7 +10,8 @@ import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
 import { decodeEvent } from '../streams/events/codec.js';
 import type { EventType } from '../streams/events/catalog.js';
 import type { Names } from '../streams/subjects.js';
-import { transaction, type Sql } from '../shared/db.js';
+import { READ_MODEL_SCHEMA, transaction, type Sql } from '../shared/db.js';
+import { imagePayloads, notifyImagesChanged } from '../shared/read-invalidation.js';
 import type { Logger } from '../shared/logger.js';
 import { errorMessage } from '../shared/errors.js';
 import { applyGroup, READ_MODELS } from './read-models/index.js';
@@ -362,6 +363,10 @@ async function applyBatch(
       const type = group[0]?.event.type;
       if (type) queries.push(...applyGroup(tx, type, group, models));
     }
+    // The API's read caches drop these images when (and only if) this transaction commits.
+    const touched = fresh.map((a) => a.event.image_id);
+    if (schema === READ_MODEL_SCHEMA && touched.length > 0)
+      queries.push(notifyImagesChanged(tx, o.names, imagePayloads(toSeq, touched)));
     // Pipelined: postgres.js sends them back to back on the transaction's connection.
     await Promise.all(queries);
   });

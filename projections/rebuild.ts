@@ -6,6 +6,7 @@ import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { Sql } from '../shared/db.js';
 import type { Logger } from '../shared/logger.js';
 import type { Names } from '../streams/subjects.js';
+import { notifyReadModelsReplaced } from '../shared/read-invalidation.js';
 import { readCheckpoint, runProjector, SWAP_LOCK } from './projector.js';
 import { ensureReadModelIndexes, ensureReadModels, READ_MODEL_TABLES } from './schema.js';
 
@@ -113,6 +114,8 @@ export async function rebuild(o: BuildOptions, opts: { tables?: string[] } = {})
         }
         await tx.unsafe(`drop schema "${BUILD}" cascade`);
       }
+      // Every row the API's read caches hold may differ in the new tables: they start over on commit.
+      await notifyReadModelsReplaced(tx, o.names);
       return built;
     });
     if (switched !== null) {

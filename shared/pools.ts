@@ -1,5 +1,6 @@
 // Storage pools: configuration rows plus the pure selection rule for new uploads.
-import type { Sql } from './db.js';
+import { transaction, type Sql } from './db.js';
+import { configChangedHere, notifyConfigChanged } from './read-invalidation.js';
 
 export type StorageType = 'local' | 'nfs' | 's3';
 export type StorageTier = 'hot' | 'warm' | 'cold' | 'archive';
@@ -114,10 +115,16 @@ export async function updatePool(sql: Sql, id: string, patch: Partial<PoolInput>
   const row: Record<string, unknown> = {};
   for (const c of POOL_COLUMNS) if (patch[c] !== undefined) row[c] = patch[c];
   if (Object.keys(row).length === 0) return getPool(sql, id);
-  const [pool] = await sql<
-    Pool[]
-  >`update storage_pools set ${sql(row)}, updated_at = now() where id = ${id} returning *`;
-  return pool ?? null;
+  const pool = await transaction(sql, async (tx) => {
+    const [updated] = await tx<
+      Pool[]
+    >`update storage_pools set ${sql(row)}, updated_at = now() where id = ${id} returning *`;
+    // A pool's URLs are part of every image view of it: the API's image caches start over.
+    if (updated) await notifyConfigChanged(tx, 'pools');
+    return updated ?? null;
+  });
+  if (pool) configChangedHere('pools');
+  return pool;
 }
 
 export interface PoolHealth {

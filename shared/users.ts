@@ -1,8 +1,9 @@
 // Users and API keys. Keys are shown once at creation and stored only as a SHA-256 hash: a leaked
 // database does not leak usable keys. (A fast hash is right here: keys are 256-bit random, not passwords.)
 import { createHash, randomBytes } from 'node:crypto';
-import type { Sql } from './db.js';
+import { transaction, type Sql } from './db.js';
 import { isPlanName, type PlanName } from './plans.js';
+import { configChangedHere, notifyConfigChanged } from './read-invalidation.js';
 
 export interface User {
   id: string;
@@ -71,20 +72,32 @@ export async function createApiKey(
   return insertKey(sql, userId, name);
 }
 
+// Revocation, rotation and user changes tell the API's auth caches in their transaction
+// (shared/read-invalidation.ts): a revoked key is refused by this process from the commit on, and by
+// every other API process from when the NOTIFY reaches it (delivered right after the commit).
+
 export async function revokeApiKey(sql: Sql, keyId: string): Promise<boolean> {
-  const r = await sql`update api_keys set revoked_at = now() where id = ${keyId} and revoked_at is null`;
-  return r.count === 1;
+  const revoked = await transaction(sql, async (tx) => {
+    const r = await tx`update api_keys set revoked_at = now() where id = ${keyId} and revoked_at is null`;
+    if (r.count === 1) await notifyConfigChanged(tx, 'auth');
+    return r.count === 1;
+  });
+  if (revoked) configChangedHere('auth');
+  return revoked;
 }
 
 /** Rotation: a new key, and the old one revoked in the same transaction. */
 export async function rotateApiKey(sql: Sql, keyId: string): Promise<{ key: string; id: string } | null> {
-  return sql.begin(async (tx) => {
+  const rotated = await sql.begin(async (tx) => {
     const [old] = await tx<
       ApiKeyRow[]
     >`update api_keys set revoked_at = now() where id = ${keyId} and revoked_at is null returning *`;
     if (!old) return null;
+    await notifyConfigChanged(tx, 'auth');
     return insertKey(tx as unknown as Sql, old.user_id, old.name);
   });
+  if (rotated) configChangedHere('auth');
+  return rotated;
 }
 
 export async function listApiKeys(sql: Sql, userId: string): Promise<ApiKeyRow[]> {
@@ -119,12 +132,17 @@ export async function updateUser(
   patch: { plan?: string; prefs?: UserPrefs; disabled?: boolean },
 ): Promise<User | null> {
   if (patch.plan !== undefined && !isPlanName(patch.plan)) throw new Error(`unknown plan "${patch.plan}"`);
-  const [row] = await sql<User[]>`
-    update users set
-      plan = coalesce(${patch.plan ?? null}, plan),
-      prefs = prefs || ${sql.json((patch.prefs ?? {}) as never)},
-      disabled_at = case when ${patch.disabled ?? null}::boolean is null then disabled_at
-                         when ${patch.disabled ?? null}::boolean then coalesce(disabled_at, now()) else null end
-    where id = ${id} returning *`;
-  return row ?? null;
+  const user = await transaction(sql, async (tx) => {
+    const [row] = await tx<User[]>`
+      update users set
+        plan = coalesce(${patch.plan ?? null}, plan),
+        prefs = prefs || ${sql.json((patch.prefs ?? {}) as never)},
+        disabled_at = case when ${patch.disabled ?? null}::boolean is null then disabled_at
+                           when ${patch.disabled ?? null}::boolean then coalesce(disabled_at, now()) else null end
+      where id = ${id} returning *`;
+    if (row) await notifyConfigChanged(tx, 'auth');
+    return row ?? null;
+  });
+  if (user) configChangedHere('auth');
+  return user;
 }

@@ -4,6 +4,7 @@ import { unauthorized } from '../../shared/errors.js';
 import { safeEqual } from '../../shared/security/secrets.js';
 import { userByApiKey, type User } from '../../shared/users.js';
 import type { Ctx } from '../context.js';
+import type { ReadCache } from './read-cache.js';
 
 export function presentedKey(req: FastifyRequest): string | undefined {
   const h = req.headers.authorization;
@@ -15,7 +16,25 @@ export function presentedKey(req: FastifyRequest): string | undefined {
 export async function optionalUser(ctx: Ctx, req: FastifyRequest): Promise<User | null> {
   const key = presentedKey(req);
   if (!key) return null;
-  const user = await userByApiKey(ctx.sql, key);
+  return known(await userByApiKey(ctx.sql, key));
+}
+
+/**
+ * optionalUser through the read API's cache (./read-cache.ts, told of revocations and user changes by
+ * NOTIFY): a cached key is answered without a promise.
+ */
+export function optionalUserCached(
+  ctx: Ctx,
+  req: FastifyRequest,
+  cache: ReadCache,
+): User | null | Promise<User | null> {
+  const key = presentedKey(req);
+  if (!key) return null;
+  const user = cache.user(key, () => userByApiKey(ctx.sql, key));
+  return user instanceof Promise ? user.then(known) : known(user);
+}
+
+function known(user: User | null): User {
   if (!user) throw unauthorized('invalid_api_key', 'API key unknown or revoked');
   return user;
 }
