@@ -587,10 +587,17 @@ t.test('disaster recovery: drop the read-model schema, rebuild, same API answers
   t.ok(realView.variants.length > 0 && realView.metadata, 'a real upload has variants and metadata');
 
   await sql.unsafe(`drop schema "${LIVE}" cascade`);
+  // Routes that read Postgres on every request (GET /api/v1/images/:uuid may answer from its cache,
+  // which a hand-made DROP SCHEMA does not invalidate; the rebuild's switch flushes it below).
   t.not(
-    (await getJson(`${node.url}/api/v1/images/${real[0]}`, user.apiKey)).status,
+    (await getJson(`${node.url}/api/v1/images?limit=1`, user.apiKey)).status,
     200,
-    'the API has lost its data',
+    'the API has lost its data (list)',
+  );
+  t.not(
+    (await getJson(`${node.url}/api/v1/images/${real[0]}/status`, user.apiKey)).status,
+    200,
+    'the API has lost its data (status)',
   );
 
   const seq = await rebuild({ sql, js, jsm, names: n, log });
