@@ -351,7 +351,14 @@ async function applyBatch(
   await transaction(o.sql, async (tx) => {
     // A rebuild swaps schemas under the exclusive form of this lock: no batch straddles a switch-over.
     if (!o.exclusive) await tx`select pg_advisory_xact_lock_shared(${SWAP_LOCK})`;
-    await tx.unsafe(`set local search_path to "${schema}", public`);
+    // A build into its own schema (rebuild, verify) need not wait for its commits to reach the disk: a
+    // crash loses at most the last few batches *with* their checkpoint, and the build resumes from the
+    // checkpoint that did survive. The live models keep full durability.
+    await tx.unsafe(
+      o.exclusive
+        ? `set local search_path to "${schema}", public; set local synchronous_commit to off`
+        : `set local search_path to "${schema}", public`,
+    );
     // Checkpoint first: it takes the row lock, so a concurrent applier waits and then sees it moved.
     const moved = await tx.unsafe(
       `update "${schema}".projection_checkpoint set last_seq = $1, updated_at = now() where name = $2 and last_seq = $3`,
