@@ -355,9 +355,14 @@ t.test('uploads never completed are removed after their lifetime', async (t) => 
   t.equal(up.put, 200);
   t.equal((await s3.listKeys('incoming/')).length, 1, 'the object is in the bucket');
   await waitFor('the sweeper', async () => (await s3.listKeys('incoming/')).length === 0, 20_000);
-  const [row] = await env.sql()<{ status: string }[]>`
-    select status from s3_uploads where upload_id = ${String(up.session.upload_id)}`;
-  t.equal(row?.status, 'expired');
+  // The sweeper deletes the object first and then marks the row: wait for the second step too.
+  const status = async () => {
+    const [row] = await env.sql()<{ status: string }[]>`
+      select status from s3_uploads where upload_id = ${String(up.session.upload_id)}`;
+    return row?.status;
+  };
+  await waitFor('the row marked', async () => (await status()) !== 'pending', 20_000);
+  t.equal(await status(), 'expired');
   const late = await completeUpload(up.session, user.apiKey);
   t.equal(late.status, 410, 'completing after the lifetime');
   t.same(await s3.listKeys(), [], 'nothing left in the bucket');
