@@ -14,7 +14,7 @@ import postgres from 'postgres';
 import { dropDatabase, ensureDatabase, type Sql } from '../shared/db.js';
 import { createLogger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
-import { cleanupNamespace, NATS_URL, type TestEnv } from '../test/helpers/stack.js';
+import { cleanupNamespace, NATS_URL, serviceEnv, type TestEnv } from '../test/helpers/stack.js';
 
 export const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(BENCH_DIR, '..');
@@ -139,16 +139,18 @@ export async function benchEnv(c: Cleanups): Promise<TestEnv> {
     databaseUrl,
     dataDir,
     secrets,
-    env: (extra = {}) => ({
-      NATS_URL,
-      DATABASE_URL: databaseUrl,
-      PIXELFOX_NAMESPACE: namespace,
-      DATA_DIR: dataDir,
-      LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
-      SHUTDOWN_TIMEOUT_MS: '5000',
-      ...secrets,
-      ...extra,
-    }),
+    env: (extra = {}) =>
+      serviceEnv(
+        {
+          natsUrl: NATS_URL,
+          databaseUrl,
+          namespace,
+          dataDir,
+          secrets,
+          logLevel: process.env.BENCH_LOG_LEVEL ?? 'warn',
+        },
+        extra,
+      ),
     // Its own application_name: the benches count the CPU of the node's Postgres backends ('pixelfox').
     sql: () =>
       (sql ??= postgres(databaseUrl, {

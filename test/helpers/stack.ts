@@ -37,6 +37,33 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * The environment of a PixelFox process in an isolated run (tests, chaos tests, benchmarks): its own
+ * database, stream namespace and data directory, the run's secrets, then `extra` on top.
+ */
+export function serviceEnv(
+  o: {
+    natsUrl: string;
+    databaseUrl: string;
+    namespace: string;
+    dataDir: string;
+    secrets: Record<string, string>;
+    logLevel?: string;
+  },
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  return {
+    NATS_URL: o.natsUrl,
+    DATABASE_URL: o.databaseUrl,
+    PIXELFOX_NAMESPACE: o.namespace,
+    DATA_DIR: o.dataDir,
+    LOG_LEVEL: o.logLevel ?? process.env.TEST_LOG_LEVEL ?? 'warn',
+    SHUTDOWN_TIMEOUT_MS: '5000',
+    ...o.secrets,
+    ...extra,
+  };
+}
+
 export interface TestEnv {
   id: string;
   namespace: string;
@@ -75,16 +102,7 @@ export async function testEnv(t: Teardown): Promise<TestEnv> {
     databaseUrl,
     dataDir,
     secrets,
-    env: (extra = {}) => ({
-      NATS_URL,
-      DATABASE_URL: databaseUrl,
-      PIXELFOX_NAMESPACE: namespace,
-      DATA_DIR: dataDir,
-      LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'warn',
-      SHUTDOWN_TIMEOUT_MS: '5000',
-      ...secrets,
-      ...extra,
-    }),
+    env: (extra = {}) => serviceEnv({ natsUrl: NATS_URL, databaseUrl, namespace, dataDir, secrets }, extra),
     sql: () => (sql ??= createSql(databaseUrl, { max: 4 })),
   };
 }

@@ -11,7 +11,14 @@ import { createLogger } from '../../../shared/logger.js';
 import { migrate } from '../../../shared/migrate.js';
 import { names, type Names } from '../../../streams/subjects.js';
 import type { Role } from '../../../services/stack.js';
-import { cleanupNamespace, NATS_URL, spawnNode, type Spawned, type TestEnv } from '../../helpers/stack.js';
+import {
+  cleanupNamespace,
+  NATS_URL,
+  serviceEnv,
+  spawnNode,
+  type Spawned,
+  type TestEnv,
+} from '../../helpers/stack.js';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -66,16 +73,7 @@ export async function chaosEnv(
     natsUrl,
     names: names(namespace),
     poolDir: path.join(dataDir, 'pools', 'default'),
-    env: (extra = {}) => ({
-      NATS_URL: natsUrl,
-      DATABASE_URL: databaseUrl,
-      PIXELFOX_NAMESPACE: namespace,
-      DATA_DIR: dataDir,
-      LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'warn',
-      SHUTDOWN_TIMEOUT_MS: '5000',
-      ...secrets,
-      ...extra,
-    }),
+    env: (extra = {}) => serviceEnv({ natsUrl, databaseUrl, namespace, dataDir, secrets }, extra),
     sql: () => (sql ??= createSql(databaseUrl, { max: 4 })),
     js: async () => {
       nc ??= await connect({ servers: natsUrl.split(','), maxReconnectAttempts: -1, reconnectTimeWait: 250 });
