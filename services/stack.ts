@@ -101,7 +101,7 @@ export async function startStack(config: Config, roles: readonly Role[], log: Lo
       sql,
       nats,
       names: n,
-      pub: publisher(nats.js, n),
+      pub: publisher(nats.nc, n),
       settings: new SettingsStore(sql),
       kv,
       projector: has('projector') ? newProjectorState() : null,

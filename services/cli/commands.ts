@@ -460,11 +460,11 @@ export const COMMANDS: Command[] = [
       const log = cliLogger(config);
       const n = names(config.namespace);
       const ids = await withDb(config, log, (sql) =>
-        withNats(config, log, async ({ js }) => {
+        withNats(config, log, async ({ nc }) => {
           const bar = progress('reprocess', 0);
           const out = await requestReprocess(
             sql,
-            publisher(js, n),
+            publisher(nc, n),
             v.failed ? { failed: true } : { imageId: id ?? '' },
             'cli',
             (done, total) => bar.update(done, total),
@@ -526,10 +526,10 @@ export const COMMANDS: Command[] = [
       const n = names(config.namespace);
       const limit = str(v, 'limit');
       const r = await withDb(config, log, (sql) =>
-        withNats(config, log, async ({ js }) => {
+        withNats(config, log, async ({ nc }) => {
           const bar = progress('enqueue', 0);
           const out = await startMove(
-            { sql, pub: publisher(js, n) },
+            { sql, pub: publisher(nc, n) },
             {
               fromPoolId: need(v, 'from'),
               toPoolId: need(v, 'to'),
@@ -622,9 +622,9 @@ export const COMMANDS: Command[] = [
       const log = cliLogger(config);
       const n = names(config.namespace);
       const count = await withDb(config, log, (sql) =>
-        withNats(config, log, ({ js }) =>
+        withNats(config, log, ({ nc }) =>
           requeueFailedBackups(
-            { sql, pub: publisher(js, n) },
+            { sql, pub: publisher(nc, n) },
             str(v, 'image') ? { imageId: need(v, 'image') } : {},
           ),
         ),
@@ -655,7 +655,7 @@ export const COMMANDS: Command[] = [
               const i = retryOne.lastIndexOf(':');
               which = { consumer: retryOne.slice(0, i), streamSeq: Number(retryOne.slice(i + 1)) };
             }
-            const count = await retryFailedJobs({ sql, nats, names: n, pub: publisher(nats.js, n) }, which);
+            const count = await retryFailedJobs({ sql, nats, names: n, pub: publisher(nats.nc, n) }, which);
             console.log(`retried ${count} job(s)`);
             return count > 0 || !retryOne ? 0 : 1;
           }

@@ -1,6 +1,6 @@
 // Synthetic but valid event histories for projection tests and benchmarks.
 import { randomUUID } from 'node:crypto';
-import type { JetStreamClient } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { makeEvent } from '../../streams/events/codec.js';
 import type { AnyEvent } from '../../streams/events/catalog.js';
 import { derivedShareLink } from '../../streams/events/upcast.js';
@@ -144,12 +144,12 @@ export function imageLife(
 
 /** Publishes events pipelined (bounded in flight); returns the last sequence. */
 export async function publishAll(
-  js: JetStreamClient,
+  nc: NatsConnection,
   n: Names,
   events: AnyEvent[],
   inFlight = 1000,
 ): Promise<number> {
-  const pub = publisher(js, n);
+  const pub = publisher(nc, n);
   let last = 0;
   for (let i = 0; i < events.length; i += inFlight) {
     const acks = await Promise.all(events.slice(i, i + inFlight).map((e) => pub.publish(e)));

@@ -119,7 +119,7 @@ t.test('images reprocess --failed: progress lines without a TTY, then every imag
       makeEvent('ImageProcessingFailed', { ...base, data: { reason: 'corrupt image', attempt: 1 } }),
     );
   }
-  await waitForCheckpoint(sql, await publishAll(js, n, events));
+  await waitForCheckpoint(sql, await publishAll(nc, n, events));
   const failed = await sql<{ id: string }[]>`select id from images where status = 'failed'`;
   t.same(failed.map((r) => r.id).sort(), [...ids].sort(), 'three failed images');
 

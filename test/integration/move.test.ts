@@ -66,7 +66,7 @@ t.test('pool moves between two nodes survive kill -9 of the mover', async (t) =>
   const n = names(env.namespace);
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);
-  const ops = { sql, pub: publisher(js, n) };
+  const ops = { sql, pub: publisher(nc, n) };
 
   const [portA, portB] = [await freePort(), await freePort()];
   const urlA = `http://127.0.0.1:${portA}`;

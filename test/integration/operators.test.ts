@@ -8,6 +8,7 @@ import path from 'node:path';
 import t from 'tap';
 import sharp from 'sharp';
 import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { readCheckpoint, SWAP_LOCK, waitForCheckpoint } from '../../projections/projector.js';
 import { BUILD, compareSchemas, LIVE, rebuild, verify } from '../../projections/rebuild.js';
@@ -110,7 +111,7 @@ async function uploadImages(node: InProcess, apiKey: string, generated: number):
 /** Synthetic image lives of `userId` in the node's default pool (backups, moves, deletes, purges). */
 async function publishLives(
   sql: Sql,
-  js: ReturnType<typeof jetstream>,
+  nc: NatsConnection,
   n: Names,
   userId: string,
   count: number,
@@ -118,7 +119,7 @@ async function publishLives(
   const [pool] = await sql<{ id: string }[]>`select id from storage_pools where name = 'default'`;
   const pools = { a: pool?.id ?? randomUUID(), b: randomUUID(), s3: randomUUID() };
   const lives = Array.from({ length: count }, (_, i) => imageLife(i, pools, userId));
-  const last = await publishAll(js, n, lives.flat());
+  const last = await publishAll(nc, n, lives.flat());
   // the images that are still there at the end (every 7th is deleted)
   const alive = lives.filter((_, i) => i % 7 !== 0).map((l) => l[0]?.image_id ?? '');
   return { last, alive };
@@ -169,12 +170,12 @@ t.test('rebuild while the API serves; partial; resumed after abort and kill -9; 
   const env = await testEnv(t);
   const node = await startInProcess(env);
   t.teardown(() => node.close());
-  const { js, jsm } = await connectNats(t);
+  const { nc, js, jsm } = await connectNats(t);
   const n = names(env.namespace);
   const sql = env.sql();
   const user = await makeUser(env, 'premium');
   const real = await uploadImages(node, user.apiKey, 1);
-  const { alive } = await publishLives(sql, js, n, user.id, 1600);
+  const { alive } = await publishLives(sql, nc, n, user.id, 1600);
   const end = await head(jsm, n);
   await waitForCheckpoint(sql, end, 60_000);
   const o = { sql, js, jsm, names: n, log };
@@ -312,7 +313,7 @@ t.test('event CLI: events tail, images history; the example subscriber', async (
   const env = await testEnv(t);
   const node = await startInProcess(env);
   t.teardown(() => node.close());
-  const { js, jsm } = await connectNats(t);
+  const { nc, jsm } = await connectNats(t);
   const n = names(env.namespace);
   const user = await makeUser(env, 'premium');
   const uploaded = await uploadImages(node, user.apiKey, 0);
@@ -321,7 +322,7 @@ t.test('event CLI: events tail, images history; the example subscriber', async (
   const tA = Date.now();
   await waitFor('the clock to move on', async () => Date.now() > tA + 1);
   const since = new Date();
-  const { last } = await publishLives(env.sql(), js, n, user.id, 20);
+  const { last } = await publishLives(env.sql(), nc, n, user.id, 20);
   const firstOfLives = stored + 1;
 
   const [byType, byImage, fromSeq, bySince, history, historyJson, subscriber] = await Promise.all([
@@ -546,12 +547,12 @@ t.test('disaster recovery: drop the read-model schema, rebuild, same API answers
   const env = await testEnv(t);
   const node = await startInProcess(env);
   t.teardown(() => node.close());
-  const { js, jsm } = await connectNats(t);
+  const { nc, js, jsm } = await connectNats(t);
   const n = names(env.namespace);
   const sql = env.sql();
   const user = await makeUser(env, 'premium');
   const real = await uploadImages(node, user.apiKey, 1);
-  const { alive } = await publishLives(sql, js, n, user.id, 400);
+  const { alive } = await publishLives(sql, nc, n, user.id, 400);
   const end = await head(jsm, n);
   await waitForCheckpoint(sql, end, 60_000);
   const [backedUp] = await sql<

@@ -31,7 +31,7 @@ t.test('event store: dedupe by id, validation at publish, every stored event dec
   t.equal(info.config.max_bytes, -1);
   t.equal(info.config.storage, 'file');
 
-  const pub = publisher(js, n);
+  const pub = publisher(nc, n);
   const userId = randomUUID();
   const pool = randomUUID();
   const [stored] = imageLife(1, { a: pool, b: randomUUID(), s3: randomUUID() }, userId);
@@ -127,11 +127,11 @@ t.test('projector: kill -9 mid-batch, restart, read models identical to a clean 
   const user = randomUUID();
   const events: AnyEvent[] = [];
   for (let i = 0; i < 2500; i++) events.push(...imageLife(i, pools, user));
-  const last = await publishAll(js, n, events);
+  const last = await publishAll(nc, n, events);
   t.ok(last >= 19_000, `${last} events published`);
   // A delivered-twice event (same content, new id after the dedupe window) must change nothing.
   const again = events.slice(0, 300).map((e) => ({ ...e, id: randomUUID() }) as AnyEvent);
-  const lastWithDupes = await publishAll(js, n, again);
+  const lastWithDupes = await publishAll(nc, n, again);
 
   const sql = env.sql();
   const node = await spawnNode(env, { roles: ['projector'] });

@@ -32,7 +32,7 @@ t.test('batched application equals one event at a time', async (t) => {
   const users = [randomUUID(), randomUUID(), randomUUID()];
   const LIVES = 180;
   const lives = Array.from({ length: LIVES }, (_, i) => richLife(i, pools, users[i % 3] ?? ''));
-  const last = await publishAll(js, n, interleave(lives, seeded(20261128)));
+  const last = await publishAll(nc, n, interleave(lives, seeded(20261128)));
 
   const build = async (schema: string, batchSize: number) => {
     await ensureReadModels(sql, schema);
