@@ -6,6 +6,7 @@
 // Only one projector applies at a time: a Postgres advisory lock elects the leader (a standby takes over
 // when the leader's session dies), and every batch additionally moves the checkpoint with a
 // compare-and-set, so even two leaders could never apply the same event twice.
+import type postgres from 'postgres';
 import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
 import { decodeEvent } from '../streams/events/codec.js';
 import type { EventType } from '../streams/events/catalog.js';
@@ -349,23 +350,28 @@ async function applyBatch(
   if (toSeq <= prevSeq) return prevSeq;
   const fresh = batch.filter((a) => a.seq > prevSeq);
   await transaction(o.sql, async (tx) => {
+    // Everything between BEGIN and COMMIT goes out in one write and runs in order (postgres.js pipelines
+    // the statements of a transaction): the lock, the settings, the checkpoint, the changes. A wrong
+    // checkpoint is only seen when the answers come back; throwing then rolls all of it back.
+    const queries: Query[] = [];
     // A rebuild swaps schemas under the exclusive form of this lock: no batch straddles a switch-over.
-    if (!o.exclusive) await tx`select pg_advisory_xact_lock_shared(${SWAP_LOCK})`;
+    if (!o.exclusive) queries.push(tx`select pg_advisory_xact_lock_shared(${SWAP_LOCK})`);
     // A build into its own schema (rebuild, verify) need not wait for its commits to reach the disk: a
     // crash loses at most the last few batches *with* their checkpoint, and the build resumes from the
     // checkpoint that did survive. The live models keep full durability.
-    await tx.unsafe(
-      o.exclusive
-        ? `set local search_path to "${schema}", public; set local synchronous_commit to off`
-        : `set local search_path to "${schema}", public`,
+    queries.push(
+      tx.unsafe(
+        o.exclusive
+          ? `set local search_path to "${schema}", public; set local synchronous_commit to off`
+          : `set local search_path to "${schema}", public`,
+      ),
     );
     // Checkpoint first: it takes the row lock, so a concurrent applier waits and then sees it moved.
-    const moved = await tx.unsafe(
+    const moved = tx.unsafe<postgres.Row[]>(
       `update "${schema}".projection_checkpoint set last_seq = $1, updated_at = now() where name = $2 and last_seq = $3`,
       [toSeq, name, prevSeq],
     );
-    if (moved.count !== 1) throw new CheckpointMoved(`checkpoint ${name} is no longer at ${prevSeq}`);
-    const queries: Query[] = [];
+    queries.push(moved);
     for (const group of groupBatch(fresh)) {
       const type = group[0]?.event.type;
       if (type) queries.push(...applyGroup(tx, type, group, models));
@@ -374,8 +380,8 @@ async function applyBatch(
     const touched = fresh.map((a) => a.event.image_id);
     if (schema === READ_MODEL_SCHEMA && touched.length > 0)
       queries.push(notifyImagesChanged(tx, o.names, imagePayloads(toSeq, touched)));
-    // Pipelined: postgres.js sends them back to back on the transaction's connection.
     await Promise.all(queries);
+    if ((await moved).count !== 1) throw new CheckpointMoved(`checkpoint ${name} is no longer at ${prevSeq}`);
   });
   return toSeq;
 }

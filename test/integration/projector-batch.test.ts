@@ -53,6 +53,24 @@ t.test('batched application equals one event at a time', async (t) => {
   await build('small_batches', 37);
   t.same(await compareSchemas(sql, 'one_by_one', 'batched'), [], 'one batch: identical');
   t.same(await compareSchemas(sql, 'one_by_one', 'small_batches'), [], 'batches of 37: identical');
+  // Two appliers on one schema (no leader lock between them): each batch moves the checkpoint by
+  // compare-and-set inside its transaction, so the loser's whole transaction is rolled back, however
+  // far its pipelined statements got, and no event is applied twice.
+  await ensureReadModels(sql, 'raced');
+  const race = () =>
+    runProjector({
+      js,
+      sql,
+      names: n,
+      log,
+      signal: new AbortController().signal,
+      schema: 'raced',
+      exclusive: true,
+      stopAtSeq: last,
+      batchSize: 23,
+    });
+  await Promise.all([race(), race()]);
+  t.same(await compareSchemas(sql, 'one_by_one', 'raced'), [], 'two racing appliers: identical');
 
   // And the reference itself is right where the history says what to expect.
   const [late] = await sql<
