@@ -7,6 +7,7 @@ import type { Logger } from '../shared/logger.js';
 import { migrate } from '../shared/migrate.js';
 import { connectNats } from '../shared/nats.js';
 import { addPool, listPools, type Pool } from '../shared/pools.js';
+import { startProjectionWatch } from '../shared/projection-watch.js';
 import { publisher } from '../shared/publish.js';
 import { SettingsStore } from '../shared/settings.js';
 import { LocalStore } from '../shared/storage/local.js';
@@ -74,6 +75,7 @@ export async function startStack(config: Config, roles: readonly Role[], log: Lo
   let workers: Workers | null = null;
   let reporter: ReturnType<typeof startHealthReporter> | null = null;
   let s3Reporter: ReturnType<typeof startS3HealthReporter> | null = null;
+  let closeWatch: (() => Promise<void>) | null = null;
 
   let closing: Promise<void> | null = null;
   const close = () =>
@@ -86,6 +88,7 @@ export async function startStack(config: Config, roles: readonly Role[], log: Lo
       await workers?.stop(config.shutdownTimeoutMs);
       abort.abort();
       await Promise.allSettled(background);
+      await closeWatch?.();
       await nats?.nc.drain().catch(() => undefined);
       await sql.end({ timeout: 5 });
     })());
@@ -105,7 +108,13 @@ export async function startStack(config: Config, roles: readonly Role[], log: Lo
       settings: new SettingsStore(sql),
       kv,
       projector: has('projector') ? newProjectorState() : null,
+      projection: null,
     };
+    if (has('api') || has('storage')) {
+      const w = startProjectionWatch(config.databaseUrl, sql, n, log);
+      ctx.projection = w.watch;
+      closeWatch = w.close;
+    }
     await ensureDefaultPool(ctx);
 
     // This node's local/NFS pools, refreshed so pools added by an operator are picked up without restart.

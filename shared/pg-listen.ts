@@ -28,6 +28,8 @@ const HEARTBEAT_MS = 5_000;
 const HEARTBEAT_TIMEOUT_MS = 3_000;
 
 export const LISTEN_APPLICATION_NAME = 'pixelfox-listen';
+/** The connection of the projection watch (../shared/projection-watch.ts). */
+export const WATCH_APPLICATION_NAME = 'pixelfox-watch';
 
 const quoteIdent = (s: string) => `"${s.replace(/"/g, '""')}"`;
 
@@ -36,6 +38,7 @@ export function listenReliably(
   channels: readonly string[],
   h: ListenHandlers,
   log: Logger,
+  applicationName = LISTEN_APPLICATION_NAME,
 ): Listening {
   let gen = 0;
   let retries = 0;
@@ -63,7 +66,7 @@ export function listenReliably(
         if (mine === gen) h.notify(channel, payload);
       },
       onclose: () => lost(mine, 'connection closed'),
-      connection: { application_name: LISTEN_APPLICATION_NAME },
+      connection: { application_name: applicationName },
     };
     const c = postgres(url, options);
     client = c;

@@ -13,9 +13,13 @@ import { completeS3Upload } from './s3-uploads.js';
 import { createUploadSession } from './sessions.js';
 import { renderViewPage } from './view-page.js';
 
+/** The longest `wait` of a status long-poll (seconds). */
+const MAX_STATUS_WAIT_S = 30;
+
 /** Read-your-writes: after publishing, wait (bounded) until the projector has applied the event. */
 export async function awaitProjection(ctx: Ctx, seq: number, ms = 2_000): Promise<void> {
-  await waitForCheckpoint(ctx.sql, seq, ms).catch(() => undefined);
+  if (ctx.projection) await ctx.projection.waitForSeq(seq, ms).catch(() => undefined);
+  else await waitForCheckpoint(ctx.sql, seq, ms).catch(() => undefined);
 }
 
 export async function apiRoutes(app: App, ctx: Ctx) {
@@ -206,9 +210,23 @@ export async function apiRoutes(app: App, ctx: Ctx) {
     {
       schema: {
         tags: ['images'],
-        summary: 'Processing status (poll until complete)',
+        summary: 'Processing status: poll until complete, or long-poll with `wait`',
+        description:
+          'With `wait=N` (seconds, at most 30) an image still pending or processing is answered when it ' +
+          'completes or fails, or after N seconds with its status then, whichever comes first. The answer ' +
+          'follows the commit of the change within milliseconds (no polling interval).',
         security: [{ apiKey: [] }],
         params: UuidParam,
+        querystring: Type.Object({
+          wait: Type.Optional(
+            Type.Integer({
+              minimum: 0,
+              maximum: MAX_STATUS_WAIT_S,
+              description: 'seconds to wait for completed or failed (default 0: answer at once)',
+              examples: [20],
+            }),
+          ),
+        }),
         response: {
           200: Type.Object({
             image_uuid: Type.String(),
@@ -220,19 +238,51 @@ export async function apiRoutes(app: App, ctx: Ctx) {
         },
       },
     },
-    async (req) => {
+    async (req, reply) => {
       const user = await requireUser(ctx, req);
-      const [row] = await ctx.sql<
-        { status: 'pending' | 'processing' | 'completed' | 'failed'; status_reason: string | null }[]
-      >`
-        select status, status_reason from images where id = ${req.params.uuid} and user_id = ${user.id} and deleted_at is null`;
-      if (!row) throw notFound('image not found');
-      return {
-        image_uuid: req.params.uuid,
-        status: row.status,
-        complete: row.status === 'completed',
-        reason: row.status_reason,
+      const id = req.params.uuid;
+      const load = async () => {
+        const [row] = await ctx.sql<
+          { status: 'pending' | 'processing' | 'completed' | 'failed'; status_reason: string | null }[]
+        >`
+          select status, status_reason from images where id = ${id} and user_id = ${user.id} and deleted_at is null`;
+        if (!row) throw notFound('image not found');
+        return row;
       };
+      const watch = ctx.projection;
+      const waitMs = (req.query.wait ?? 0) * 1000;
+      const deadline = Date.now() + waitMs;
+      // The client going away ends the wait (its answer would go nowhere).
+      const gone = new AbortController();
+      const onClose = () => gone.abort();
+      reply.raw.once('close', onClose);
+      try {
+        for (;;) {
+          // The waiter is registered before the read, so a change committed in between still wakes it.
+          const left = deadline - Date.now();
+          const stop = new AbortController();
+          const changed =
+            watch && left > 0 && !gone.signal.aborted
+              ? watch.waitForImage(id, left, AbortSignal.any([stop.signal, gone.signal]))
+              : null;
+          const row = await load().catch((err: unknown) => {
+            stop.abort();
+            throw err;
+          });
+          if (!changed || row.status === 'completed' || row.status === 'failed') {
+            stop.abort();
+            return {
+              image_uuid: id,
+              status: row.status,
+              complete: row.status === 'completed',
+              reason: row.status_reason,
+            };
+          }
+          await changed;
+        }
+      } finally {
+        reply.raw.off('close', onClose);
+      }
     },
   );
 

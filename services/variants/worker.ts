@@ -137,15 +137,16 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
     const started = Date.now();
     let original: LocalCopy | null = null;
     let stage: OutputStage | null = null;
+    let metadataRead: Promise<unknown> | null = null;
     try {
-      await ctx.pub.publish(
-        makeEvent('ImageProcessingStarted', {
-          ...base,
-          id: id('started'),
-          data: { attempt: d.deliveryCount },
-        }),
-      );
-      const [settings, user, engines] = await Promise.all([
+      const [, settings, user, engines] = await Promise.all([
+        ctx.pub.publish(
+          makeEvent('ImageProcessingStarted', {
+            ...base,
+            id: id('started'),
+            data: { attempt: d.deliveryCount },
+          }),
+        ),
         ctx.settings.all(),
         getUser(ctx.sql, job.userId),
         enginesOnce,
@@ -157,6 +158,9 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
         sha256: job.sha256,
       });
       const src = original.path;
+      // EXIF is read on the main thread while libvips renders on its own threads.
+      const metadataP = extractMetadata(src);
+      metadataRead = metadataP.catch(() => undefined);
       stage = await store.stageOutputs();
       const out = stage;
       const probe = await probeImage(src, { pixelLimit: ctx.config.maxImagePixels });
@@ -192,49 +196,53 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
         });
         d.working();
       }
-      const metadata = await extractMetadata(src);
+      const metadata = await metadataP;
       observeProcessing('metadata', Date.now() - mark);
       // Stable ids per output (not per delivery): a redelivery's duplicates are dropped by the stream.
       const stable = (...parts: string[]) => deterministicId(job.cause, ...parts);
-      for (const r of rendered) {
-        await ctx.pub.publish(
-          makeEvent('VariantCreated', {
+      // The results are published pipelined (their order among themselves does not matter); the
+      // ImageProcessed that closes them only once every one of them is stored.
+      await Promise.all([
+        ...rendered.map((r) =>
+          ctx.pub.publish(
+            makeEvent('VariantCreated', {
+              ...base,
+              id: stable('variant', r.spec.variantType),
+              data: {
+                variant_type: r.spec.variantType,
+                format: r.spec.format,
+                size_name: r.spec.size,
+                width: r.width,
+                height: r.height,
+                bytes: r.bytes,
+                path: r.spec.relPath,
+                sha256: r.sha256,
+              },
+            }),
+          ),
+        ),
+        ctx.pub.publish(
+          makeEvent('ImageMetadataExtracted', {
             ...base,
-            id: stable('variant', r.spec.variantType),
+            id: stable('metadata'),
             data: {
-              variant_type: r.spec.variantType,
-              format: r.spec.format,
-              size_name: r.spec.size,
-              width: r.width,
-              height: r.height,
-              bytes: r.bytes,
-              path: r.spec.relPath,
-              sha256: r.sha256,
+              make: metadata.make,
+              model: metadata.model,
+              lens: metadata.lens,
+              taken_at: metadata.takenAt,
+              iso: metadata.iso,
+              f_number: metadata.fNumber,
+              exposure_time: metadata.exposureTime,
+              focal_length: metadata.focalLength,
+              orientation: metadata.orientation,
+              gps_latitude: metadata.gps?.latitude ?? null,
+              gps_longitude: metadata.gps?.longitude ?? null,
+              gps_altitude: metadata.gps?.altitude ?? null,
+              exif: metadata.exif,
             },
           }),
-        );
-      }
-      await ctx.pub.publish(
-        makeEvent('ImageMetadataExtracted', {
-          ...base,
-          id: stable('metadata'),
-          data: {
-            make: metadata.make,
-            model: metadata.model,
-            lens: metadata.lens,
-            taken_at: metadata.takenAt,
-            iso: metadata.iso,
-            f_number: metadata.fNumber,
-            exposure_time: metadata.exposureTime,
-            focal_length: metadata.focalLength,
-            orientation: metadata.orientation,
-            gps_latitude: metadata.gps?.latitude ?? null,
-            gps_longitude: metadata.gps?.longitude ?? null,
-            gps_altitude: metadata.gps?.altitude ?? null,
-            exif: metadata.exif,
-          },
-        }),
-      );
+        ),
+      ]);
       await ctx.pub.publish(
         makeEvent('ImageProcessed', {
           ...base,
@@ -273,7 +281,8 @@ export function variantHandler(ctx: Ctx, pools: () => Pool[]): Handler {
       ctx.log.warn({ imageId: job.imageId, reason }, 'image processing failed');
       return ack;
     } finally {
-      // Temp copies and staged outputs of S3 pools never outlive the job.
+      // Temp copies and staged outputs of S3 pools never outlive the job (nor the EXIF read of one).
+      await metadataRead;
       await original?.release().catch(() => undefined);
       await stage?.dispose().catch(() => undefined);
     }
