@@ -57,16 +57,28 @@ export function runConsumer(o: RunConsumerOptions): ConsumerRunner {
   const log = o.log.child({ consumer: o.durable });
   const controller = new AbortController();
   const inflight = new Map<number, { msg: JsMsg; done: Promise<void> }>();
+  /** Acks sent and not yet confirmed by the server. */
+  const acking = new Set<Promise<void>>();
   let stopping = false;
   let wake: (() => void) | null = null;
 
   const settle = async (msg: JsMsg, outcome: Outcome, seq: number) => {
     switch (outcome.kind) {
-      case 'ack':
+      case 'ack': {
         // ackAck: a lost ack would mean the work runs again; waiting for the server's confirmation
-        // makes that rare (the handler is idempotent for when it still happens).
-        await msg.ackAck().catch((err: unknown) => log.warn({ err, seq }, 'ack not confirmed'));
+        // makes that rare (the handler is idempotent for when it still happens). The slot is free at
+        // once, though: the next message is fetched while the confirmation is on its way (one round
+        // trip less per job on the worker's critical path); stop() still waits for it.
+        const confirmed = msg
+          .ackAck()
+          .then(
+            () => undefined,
+            (err: unknown) => log.warn({ err, seq }, 'ack not confirmed'),
+          )
+          .finally(() => acking.delete(confirmed));
+        acking.add(confirmed);
         return;
+      }
       case 'retry':
         log.warn({ seq, reason: outcome.reason, delayMs: outcome.delayMs }, 'retry later');
         msg.nak(outcome.delayMs);
@@ -157,7 +169,7 @@ export function runConsumer(o: RunConsumerOptions): ConsumerRunner {
     async stop(graceMs) {
       stopping = true;
       wake?.();
-      const all = Promise.all([...inflight.values()].map((f) => f.done));
+      const all = Promise.all([...inflight.values()].map((f) => f.done)).then(() => Promise.all(acking));
       const timedOut = await Promise.race([
         all.then(() => false),
         new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref()),
