@@ -21,7 +21,7 @@ export interface Publisher {
 export interface PublisherOptions {
   /** per attempt, like nats.js's JetStream `timeout` (default 5 000 ms) */
   timeoutMs?: number;
-  /** attempts in all for a timeout or no responders (default 3) */
+  /** attempts in all for a timeout or no responders (default 2, as `js.publish` with `retries: 2`) */
   attempts?: number;
 }
 
@@ -165,7 +165,7 @@ export type BytesPublish = (
 ) => Promise<PubAck>;
 
 export function bytesPublisher(nc: NatsConnection, opts: PublisherOptions = {}): BytesPublish {
-  const mux = muxFor(nc, opts.timeoutMs ?? 5_000, opts.attempts ?? 3);
+  const mux = muxFor(nc, opts.timeoutMs ?? 5_000, opts.attempts ?? 2);
   return (subject, data, msgId, stream) => mux.publish(subject, data, msgId, stream);
 }
 
@@ -186,7 +186,7 @@ export function publisher(nc: NatsConnection, n: Names, opts: PublisherOptions =
       let data: Uint8Array;
       try {
         data = encodeEvent(event);
-        mux ??= muxFor(nc, opts.timeoutMs ?? 5_000, opts.attempts ?? 3);
+        mux ??= muxFor(nc, opts.timeoutMs ?? 5_000, opts.attempts ?? 2);
       } catch (err) {
         return Promise.reject(err instanceof Error ? err : new Error(String(err)));
       }
