@@ -20,6 +20,9 @@ import type { Applied, Query, ReadModel } from './read-models/types.js';
 import { READ_MODEL_TABLES } from './schema.js';
 
 const LEADER_LOCK = 727_100;
+/** While a batch is in flight, the receive loop yields to the event loop every this many messages. */
+const YIELD_EVERY = 128;
+
 /** Held shared by every live batch, exclusively by a rebuild's switch-over (see ./rebuild.ts). */
 export const SWAP_LOCK = 727_101;
 
@@ -241,6 +244,10 @@ async function follow(
   try {
     for await (const m of messages) {
       received++;
+      // Buffered messages come out of the iterator on microtasks alone, which would hold back the
+      // batch in flight (its BEGIN's answer, its statements) until this batch is fully received; let
+      // I/O in now and then, so Postgres applies one batch while the next is decoded.
+      if (inFlight && received % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
       try {
         batch.push({ seq: m.seq, event: decodeEvent(m.data) });
       } catch (err) {
