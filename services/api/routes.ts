@@ -200,11 +200,15 @@ export async function apiRoutes(app: App, ctx: Ctx) {
         const owner = user !== null && image.userId === user.id;
         if (!owner && !(req.query.share && req.query.share === image.shareLink))
           throw notFound('image not found');
-        return reply
+        // Sent here, nothing returned: a plain handler that returned the reply would be sent again
+        // (fastify then logs "Reply was already sent" with a new Error, per request).
+        void reply
           .type('application/json; charset=utf-8')
           .send((owner ? image.ownerJson : image.publicJson) as never);
       };
-      return u instanceof Promise || i instanceof Promise ? Promise.all([u, i]).then(answer) : answer([u, i]);
+      if (u instanceof Promise || i instanceof Promise) return Promise.all([u, i]).then(answer);
+      answer([u, i]);
+      return undefined;
     },
   );
 
