@@ -393,6 +393,14 @@ async function applyBatch(
   return toSeq;
 }
 
+/** The main checkpoint of `schema` as it stands (a read only: 0 when there is no row yet). */
+export async function checkpointSeq(sql: Sql, schema = 'rm'): Promise<number> {
+  const rows = await sql.unsafe<{ last_seq: number }[]>(
+    `select last_seq from "${schema}".projection_checkpoint where name = 'main'`,
+  );
+  return Number(rows[0]?.last_seq ?? 0);
+}
+
 /** Waits until the checkpoint reaches `seq` (tests, `--wait` flags). */
 export async function waitForCheckpoint(
   sql: Sql,
@@ -402,10 +410,7 @@ export async function waitForCheckpoint(
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const rows = await sql.unsafe<{ last_seq: number }[]>(
-      `select last_seq from "${schema}".projection_checkpoint where name = 'main'`,
-    );
-    if (Number(rows[0]?.last_seq ?? 0) >= seq) return;
+    if ((await checkpointSeq(sql, schema)) >= seq) return;
     if (Date.now() > deadline) throw new Error(`projector did not reach seq ${seq} within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 25));
   }

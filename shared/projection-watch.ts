@@ -3,6 +3,7 @@
 // (./read-invalidation.ts), so a process listening on the read-model channel learns of a commit ~1 ms
 // after it happens. While the LISTEN connection is down (or before it is up) notifications may be
 // lost, so every wait falls back to reading the checkpoint, as before this existed.
+import { checkpointSeq } from '../projections/projector.js';
 import type { Sql } from './db.js';
 import type { Logger } from './logger.js';
 import { listenReliably, WATCH_APPLICATION_NAME, type Listening } from './pg-listen.js';
@@ -121,11 +122,8 @@ export class ProjectionWatch {
     for (const set of [...this.imageWaiters.values()]) for (const wake of [...set]) wake();
   }
 
-  private async checkpoint(): Promise<number> {
-    const rows = await this.sql.unsafe<{ last_seq: number }[]>(
-      `select last_seq from "${this.schema}".projection_checkpoint where name = 'main'`,
-    );
-    return Number(rows[0]?.last_seq ?? 0);
+  private checkpoint(): Promise<number> {
+    return checkpointSeq(this.sql, this.schema);
   }
 
   /** Registers a waker, resolves true when it is called, false after `ms` or on abort. */
