@@ -374,9 +374,13 @@ async function applyBatch(
       ),
     );
     // Checkpoint first: it takes the row lock, so a concurrent applier waits and then sees it moved.
+    // Prepared (postgres.js prepares only tagged templates by default): an unprepared statement with
+    // parameters is described first, and nothing behind it is sent until that answer is back, which
+    // stalled every batch's pipeline (a 1M-event rebuild: 17–20k events/s with it, 25–26k without).
     const moved = tx.unsafe<postgres.Row[]>(
       `update "${schema}".projection_checkpoint set last_seq = $1, updated_at = now() where name = $2 and last_seq = $3`,
       [toSeq, name, prevSeq],
+      { prepare: true },
     );
     queries.push(moved);
     for (const group of groupBatch(fresh)) {
