@@ -1,6 +1,6 @@
 // Users and API keys. Keys are shown once at creation and stored only as a SHA-256 hash: a leaked
 // database does not leak usable keys. (A fast hash is right here: keys are 256-bit random, not passwords.)
-import { createHash, randomBytes } from 'node:crypto';
+import { hash, randomBytes } from 'node:crypto';
 import { transaction, type Sql } from './db.js';
 import { isPlanName, type PlanName } from './plans.js';
 import { configChangedHere, notifyConfigChanged } from './read-invalidation.js';
@@ -30,7 +30,8 @@ export interface ApiKeyRow {
 }
 
 export function hashApiKey(key: string): string {
-  return createHash('sha256').update(key).digest('hex');
+  // One-shot (Node ≥ 20.12): a third of createHash().update().digest()'s cost, on every API request.
+  return hash('sha256', key, 'hex');
 }
 
 function newApiKey(): { key: string; prefix: string } {

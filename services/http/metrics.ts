@@ -25,7 +25,7 @@ const SNAPSHOT_TTL_MS = 2_000;
  * must be called on the root instance before any route plugin is registered (services/stack.ts).
  */
 export function observeHttp(app: App): void {
-  app.addHook('onResponse', async (req, reply) => {
+  app.addHook('onResponse', (req, reply, done) => {
     httpRequestDuration.observe(
       {
         method: req.method,
@@ -35,6 +35,7 @@ export function observeHttp(app: App): void {
       },
       reply.elapsedTime / 1000,
     );
+    done();
   });
 }
 
