@@ -480,9 +480,9 @@ ${rowsOf(r)
 
 - *raw read (no decode)*: an ordered consumer over the whole stream, 4 000 messages per pull, doing nothing with them.
 - *raw read + decode*: the same, each message parsed, upcast and validated (\`decodeEvent\`), as the projector must.
-- *projection rebuild*: \`buildSchema\` (projections/rebuild.ts) into a fresh schema: read, decode, apply every read model (a batch of 5 000 events as ~15 set-based statements, see \`groupBatch\` in projections/projector.ts), checkpoint per batch in the same transaction.
+- *projection rebuild*: \`buildSchema\` (projections/rebuild.ts) into a fresh schema: read, decode, apply every read model (a batch of 10 000 events as ~15 set-based statements, see \`groupBatch\` in projections/projector.ts), checkpoint per batch in the same transaction.
 
-**History.** The first engine sent one statement per event and read model (~1 per event, pipelined): 1 000-1 200 events/s on 20 000-event streams and 220 events/s over 200 000 events on this machine: with autovacuum off the new tables were never analyzed, so the cached generic plans of an empty table (a partial index scanned whole for a lookup by key) stayed while the tables grew. Now: one set-based statement per event type and round of a batch (~15 per 5 000 events), the tables analyzed each time the applied count doubles, and the next batch decoded while Postgres applies the current one. What is left is Postgres's per-row work (index maintenance on random uuid keys, ~24 µs CPU per event); on this shared 2-core machine Postgres gets only part of a core.
+**History.** The first engine sent one statement per event and read model (~1 per event, pipelined): 1 000-1 200 events/s on 20 000-event streams and 220 events/s over 200 000 events on this machine: with autovacuum off the new tables were never analyzed, so the cached generic plans of an empty table (a partial index scanned whole for a lookup by key) stayed while the tables grew. Now: one set-based statement per event type and round of a batch (~15 per 10 000 events), the tables analyzed each time the applied count doubles, and the next batch decoded while Postgres applies the current one. What is left is Postgres's per-row work (index maintenance on random uuid keys, ~24 µs CPU per event); on this shared 2-core machine Postgres gets only part of a core.
 `;
 }
 
