@@ -92,11 +92,7 @@ export async function readCheckpoint(sql: Sql, schema: string, name: string): Pr
     `insert into "${schema}".projection_checkpoint (name, last_seq) values ($1, 0) on conflict do nothing`,
     [name],
   );
-  const rows = await sql.unsafe<{ last_seq: number }[]>(
-    `select last_seq from "${schema}".projection_checkpoint where name = $1`,
-    [name],
-  );
-  return Number(rows[0]?.last_seq ?? 0);
+  return checkpointSeq(sql, schema, name);
 }
 
 interface LockSession {
@@ -397,10 +393,12 @@ async function applyBatch(
   return toSeq;
 }
 
-/** The main checkpoint of `schema` as it stands (a read only: 0 when there is no row yet). */
-export async function checkpointSeq(sql: Sql, schema = 'rm'): Promise<number> {
+/** A checkpoint of `schema` as it stands (a read only: 0 when there is no row yet). */
+export async function checkpointSeq(sql: Sql, schema = 'rm', name = 'main'): Promise<number> {
   const rows = await sql.unsafe<{ last_seq: number }[]>(
-    `select last_seq from "${schema}".projection_checkpoint where name = 'main'`,
+    `select last_seq from "${schema}".projection_checkpoint where name = $1`,
+    [name],
+    { prepare: true }, // one round trip, not a describe first (see the checkpoint update in applyBatch)
   );
   return Number(rows[0]?.last_seq ?? 0);
 }
