@@ -12,8 +12,8 @@
 //
 // Pending uploads are rows of `s3_uploads` (coordination state, like upload_reservations; not facts).
 import { createHash, randomUUID } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
+import { createNewFileStream } from '../../shared/storage/local.js';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -379,11 +379,7 @@ async function fetchAndInspect(
     },
   });
   try {
-    await pipeline(
-      await getObjectStream(client, bucket, key),
-      meter,
-      createWriteStream(tmp, { flags: 'wx' }),
-    );
+    await pipeline(await getObjectStream(client, bucket, key), meter, await createNewFileStream(tmp));
     if (got !== size)
       throw rejection(409, 'upload_changed', 'the object changed while it was checked; upload again');
     const markup = scanner.rejection;

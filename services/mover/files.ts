@@ -4,14 +4,13 @@
 //
 // The replicate endpoint (services/storage-node/replicate.ts) receives through the same verified write.
 import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { MovedFile } from '../../streams/events/catalog.js';
-import type { LocalStore } from '../../shared/storage/local.js';
+import { createNewFileStream, type LocalStore } from '../../shared/storage/local.js';
 import { classifyReplicateStatus, type PushVerdict } from './plan.js';
 
 /** The received bytes are not the ones announced (size or SHA-256). */
@@ -95,7 +94,7 @@ export async function writeVerified(
   });
   let committed = false;
   try {
-    await pipeline(source, meter, createWriteStream(tmp, { flags: 'wx' }));
+    await pipeline(source, meter, await createNewFileStream(tmp));
     const sha256 = hash.digest('hex');
     if (expect.size !== undefined && size !== expect.size)
       throw new ContentMismatchError('size', expect.size, size);

@@ -3,7 +3,6 @@
 // committed by publishing ImageStored. A publish failure removes the file: no file without its event,
 // no event without its file.
 import { createHash, randomUUID } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -32,7 +31,7 @@ import { planOf } from '../../shared/plans.js';
 import { getPool, type Pool } from '../../shared/pools.js';
 import { randomBase62 } from '../../shared/security/secrets.js';
 import { verifyUploadToken, type UploadClaims } from '../../shared/security/upload-token.js';
-import { LocalStore } from '../../shared/storage/local.js';
+import { createNewFileStream, LocalStore } from '../../shared/storage/local.js';
 import { originalRelPath } from '../../shared/storage/paths.js';
 import { getUser, type User } from '../../shared/users.js';
 import { recordUpload } from '../../shared/metrics.js';
@@ -237,7 +236,7 @@ async function receive(
     },
   });
   try {
-    await pipeline(part.file, inspector, createWriteStream(tmp, { flags: 'wx' }));
+    await pipeline(part.file, inspector, await createNewFileStream(tmp));
   } catch (err) {
     await fs.rm(tmp, { force: true });
     part.file.resume();

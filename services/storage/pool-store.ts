@@ -6,7 +6,7 @@
 // DATA_DIR/tmp (refused past the caller's size limit, checked against the recorded size and SHA-256)
 // and removed after use; outputs are rendered into a temp directory there and uploaded one by one.
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -24,7 +24,7 @@ import {
   type S3PoolConfig,
 } from '../../shared/s3/client.js';
 import { s3ConfigOf } from '../../shared/s3/pools.js';
-import { LocalStore } from '../../shared/storage/local.js';
+import { createNewFileStream, LocalStore } from '../../shared/storage/local.js';
 import { resolveInPool } from '../../shared/storage/paths.js';
 
 /** Stored files never change under their name (new content gets a new uuid): caches may keep them. */
@@ -231,7 +231,7 @@ export class S3PoolStore implements PoolStore {
     });
     try {
       const body = await getObjectStream(this.client, this.cfg.bucket, this.key(rel));
-      await pipeline(body, meter, createWriteStream(file, { flags: 'wx' }));
+      await pipeline(body, meter, await createNewFileStream(file));
     } catch (err) {
       throw wrapS3(err, `download of ${rel}`);
     }

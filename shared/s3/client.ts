@@ -21,8 +21,9 @@
 // S3-compatible stores ignore those headers: HEAD must show the expected size and our `sha256` object
 // metadata, and `verify: 'full'` re-reads the object and re-hashes it.
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat } from 'node:fs/promises';
+import { createNewFileStream } from '../storage/local.js';
 import path from 'node:path';
 import { pipeline as pipelineCallback, Readable, Transform, Writable } from 'node:stream';
 import type { TransformCallback } from 'node:stream';
@@ -423,7 +424,7 @@ export async function downloadToFile(
   );
   const hasher = new HashingPassThrough();
   try {
-    await pipeline(body, hasher, createWriteStream(tmpPath, { flags: 'wx' }));
+    await pipeline(body, hasher, await createNewFileStream(tmpPath));
     const sha256 = hasher.digestHex();
     const expectedSha256 = decodeMetadata(out.Metadata ?? {})[SHA256_METADATA_KEY];
     if (out.ContentLength !== undefined && hasher.bytes !== out.ContentLength) {

@@ -2,7 +2,7 @@
 // goes through resolveInPool (nothing outside base_path), every write is temp file + fsync + rename
 // (a crash never leaves a half-written file under its final name).
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, type WriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -10,6 +10,17 @@ import { pipeline } from 'node:stream/promises';
 import { assertNoSymlinkEscape, resolveInPool } from './paths.js';
 
 /** Temp files of a pool live under its base path, so the final rename never crosses file systems. */
+/**
+ * A new file (`wx`: never an existing one) as a write stream, opened before it is returned. A stream
+ * from createWriteStream(path) opens its file in the background: when the pipeline it is in fails
+ * first (a source that errors at once, a size limit hit by the first chunk), the caller's cleanup can
+ * run before that open has created the file, which then stays behind.
+ */
+export async function createNewFileStream(file: string): Promise<WriteStream> {
+  const handle = await fs.open(file, 'wx');
+  return handle.createWriteStream();
+}
+
 export const TMP_DIR = '.tmp';
 
 export class LocalStore {
@@ -56,7 +67,7 @@ export class LocalStore {
       },
     });
     try {
-      await pipeline(source, tap, createWriteStream(tmp, { flags: 'wx' }));
+      await pipeline(source, tap, await createNewFileStream(tmp));
       await this.commit(tmp, rel);
     } catch (err) {
       await fs.rm(tmp, { force: true });
