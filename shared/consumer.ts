@@ -98,6 +98,16 @@ export function runConsumer(o: RunConsumerOptions): ConsumerRunner {
   const handle = async (msg: JsMsg) => {
     const seq = msg.seq;
     const heartbeat = setInterval(() => msg.working(), Math.max(1000, Math.floor(o.ackWaitMs / 3)));
+    // A handler may report progress after every step (the variant worker does, per output); the server
+    // only needs to hear of it often enough to hold the ack deadline, not a message per step.
+    const workingGapMs = Math.min(1000, Math.floor(o.ackWaitMs / 10));
+    let lastWorking = 0;
+    const working = () => {
+      const now = performance.now();
+      if (now - lastWorking < workingGapMs) return;
+      lastWorking = now;
+      msg.working();
+    };
     try {
       let event: AnyEvent;
       try {
@@ -111,7 +121,7 @@ export function runConsumer(o: RunConsumerOptions): ConsumerRunner {
         outcome = await o.handler(event, {
           seq,
           deliveryCount: msg.info.deliveryCount,
-          working: () => msg.working(),
+          working,
           signal: controller.signal,
         });
       } catch (err) {
