@@ -187,9 +187,12 @@ export async function runProjector(o: ProjectorOptions): Promise<void> {
 }
 
 /**
- * Applies events from the checkpoint on; returns true when stopAtSeq was reached. While one batch is
- * being applied by Postgres, the next is received and decoded here (at most one batch in flight: each
- * transaction moves the checkpoint from where the previous one left it).
+ * Applies events from the checkpoint on; returns true when stopAtSeq was reached. At most one batch is
+ * in flight (each transaction moves the checkpoint from where the previous one left it); while it is
+ * applied by Postgres, the next one is received and decoded here. A batch starts when it is full, when
+ * the stream has nothing more pending, or at stopAtSeq, and if the one before is still in flight then,
+ * as soon as that one commits: events that trickle in while a batch commits (a worker's pipelined
+ * results arrive one by one) go into one next batch instead of one transaction each.
  */
 async function follow(
   o: ProjectorOptions,
@@ -219,27 +222,57 @@ async function follow(
   void (async () => {
     for await (const s of messages.status()) if (s.type === 'ordered_consumer_recreated') return stop();
   })().catch(() => undefined);
+
+  /** Received and not yet handed to a transaction (undecodable events are counted, not kept). */
   let batch: Applied[] = [];
   let received = 0;
-  let inFlight: { done: Promise<number>; count: number } | null = null;
-  /** Waits for the batch in flight to commit (rethrowing its error). */
-  const settle = async () => {
-    if (!inFlight) return;
-    const { done, count } = inFlight;
-    inFlight = null;
-    lastSeq = await done;
-    state.lastSeq = lastSeq;
-    state.appliedEvents += count;
-    stats.applied += count;
-    if (stats.applied >= stats.nextAnalyzeAt) {
-      stats.nextAnalyzeAt *= 2;
-      await analyze(o.sql, schema);
-    }
-    o.onBatch?.(lastSeq, count);
+  let receivedSeq = lastSeq;
+  /** Whether `batch` is to be applied as soon as nothing is in flight. */
+  let flushWanted = false;
+  /** The batch in flight, settled (bookkeeping done, the next batch started if wanted); never rejects. */
+  let inFlight: Promise<void> | null = null;
+  let failure: { err: unknown } | null = null;
+
+  const start = (): void => {
+    const events = batch;
+    const count = received;
+    const toSeq = receivedSeq;
+    batch = [];
+    received = 0;
+    flushWanted = false;
+    inFlight = (async () => {
+      lastSeq = await applyBatch(o, schema, name, lastSeq, toSeq, events, models);
+      state.lastSeq = lastSeq;
+      state.appliedEvents += count;
+      stats.applied += count;
+      if (stats.applied >= stats.nextAnalyzeAt) {
+        stats.nextAnalyzeAt *= 2;
+        await analyze(o.sql, schema);
+      }
+      o.onBatch?.(lastSeq, count);
+    })().then(
+      () => {
+        inFlight = null;
+        if (flushWanted && received > 0 && !failure) start();
+      },
+      (err: unknown) => {
+        // The receive loop ends and follow() rethrows: the projector starts over from the checkpoint.
+        inFlight = null;
+        failure ??= { err };
+        stop();
+      },
+    );
   };
+  /** Until nothing is in flight (batches wanted meanwhile are started and waited for too). */
+  const drain = async () => {
+    while (inFlight) await inFlight;
+  };
+
   try {
     for await (const m of messages) {
+      if (failure) break;
       received++;
+      receivedSeq = m.seq;
       // Buffered messages come out of the iterator on microtasks alone, which would hold back the
       // batch in flight (its BEGIN's answer, its statements) until this batch is fully received; let
       // I/O in now and then, so Postgres applies one batch while the next is decoded.
@@ -251,27 +284,31 @@ async function follow(
         log.error({ err, seq: m.seq }, 'skipping undecodable event');
       }
       const reachedStop = o.stopAtSeq !== undefined && m.seq >= o.stopAtSeq;
-      const caughtUp = m.info.pending === 0;
-      if (received < batchSize && !caughtUp && !reachedStop) continue;
-      await settle();
-      const done = applyBatch(o, schema, name, lastSeq, m.seq, batch, models);
-      // Observed by settle(); this only keeps a failure from being reported as unhandled meanwhile.
-      done.catch(() => undefined);
-      inFlight = { done, count: received };
-      batch = [];
-      received = 0;
-      if (caughtUp || reachedStop) await settle();
-      if (reachedStop) return true;
+      const full = received >= batchSize;
+      if (!full && m.info.pending > 0 && !reachedStop) continue;
+      flushWanted = true;
+      if (!inFlight) start();
+      // A full batch waits for the one in flight (whose commit starts it): at most two in memory.
+      else if (full) await inFlight;
+      if (reachedStop) {
+        await drain();
+        if (failure) break;
+        return true;
+      }
       if (o.signal.aborted) break;
     }
-    await settle();
+    await drain();
   } finally {
     o.signal.removeEventListener('abort', stop);
     messages.stop();
-    // Never leave a transaction running behind the caller's back (e.g. the leader lock is released next).
-    const pendingBatch = inFlight as { done: Promise<number> } | null;
-    if (pendingBatch) await pendingBatch.done.catch(() => undefined);
+    // Never leave a transaction running behind the caller's back (e.g. the leader lock is released next);
+    // what was received and not started is read again from the checkpoint next time.
+    flushWanted = false;
+    await drain();
   }
+  // (set by the batch callbacks: narrowed to null by the compiler, which does not follow them)
+  const failed = failure as { err: unknown } | null;
+  if (failed) throw failed.err;
   return false;
 }
 
