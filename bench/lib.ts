@@ -5,7 +5,8 @@
 // Every row is a ratio to a baseline measured in the same run: the machine is shared and noisy, so an
 // absolute number alone says little.
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -222,6 +223,8 @@ export const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : '–');
 export const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '–');
 export const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '–');
 export const pct = (r: number) => (Number.isFinite(r) ? `${(r * 100).toFixed(0)} %` : '–');
+/** One decimal: for a share measured against a target close to it (89.6 % is not 90 %). */
+export const pct1 = (r: number) => (Number.isFinite(r) ? `${(r * 100).toFixed(1)} %` : '–');
 export const MiB = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
@@ -412,4 +415,108 @@ export async function backendCpuMs(sql: Sql, applicationName: string): Promise<n
     select pid from pg_stat_activity
     where application_name = ${applicationName} and datname = current_database() and pid <> pg_backend_pid()`;
   return rows.reduce((a, r) => a + cpuMs(r.pid), 0);
+}
+
+/** CPU ms the whole machine spent busy and idle so far (/proc/stat, all cores summed). */
+export function machineCpuMs(): { busy: number; idle: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal
+    const idle = (f[3] ?? 0) + (f[4] ?? 0);
+    const busy = f.slice(0, 8).reduce((a, b) => a + b, 0) - idle;
+    return { busy: (busy * 1000) / CLK_TCK, idle: (idle * 1000) / CLK_TCK };
+  } catch {
+    return { busy: 0, idle: 0 };
+  }
+}
+
+/** Pids of the processes named `name` (/proc/<pid>/comm), e.g. the local nats-server. */
+export function pidsNamed(name: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === name) pids.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A lean HTTP client for load generators: node:http with keep-alive and a multipart body built once
+// as one Buffer. fetch() with FormData costs the bench process ~3 ms of CPU per upload, on the same 2
+// cores as the server it measures; this costs a fraction of that.
+
+const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 64 });
+
+function request(
+  url: string,
+  method: string,
+  headers: Record<string, string | number>,
+  body: Buffer,
+): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, headers, agent: keepAlive }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown = text;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          // not JSON: kept as text
+        }
+        resolve({ status: res.statusCode ?? 0, body: parsed });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Upload session + multipart upload (what test/helpers/stack.ts `uploadFile` does with fetch). */
+export async function leanUpload(
+  apiUrl: string,
+  apiKey: string,
+  bytes: Buffer,
+  filename: string,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const sessionBody = Buffer.from(JSON.stringify({ file_size: bytes.length, filename }));
+  const s = await request(
+    `${apiUrl}/api/v1/upload/sessions`,
+    'POST',
+    {
+      authorization: `Bearer ${apiKey}`,
+      'content-type': 'application/json',
+      'content-length': sessionBody.length,
+    },
+    sessionBody,
+  );
+  const session = s.body as Record<string, unknown>;
+  if (s.status !== 201) return { status: s.status, body: session };
+  const boundary = `----pixelfox-bench-${randomBytes(8).toString('hex')}`;
+  const body = Buffer.concat([
+    Buffer.from(
+      `--${boundary}\r\ncontent-disposition: form-data; name="file"; filename="${filename}"\r\n` +
+        `content-type: application/octet-stream\r\n\r\n`,
+    ),
+    bytes,
+    Buffer.from(`\r\n--${boundary}--\r\n`),
+  ]);
+  const r = await request(
+    String(session.upload_url),
+    'POST',
+    {
+      authorization: `Bearer ${String(session.token)}`,
+      'content-type': `multipart/form-data; boundary=${boundary}`,
+      'content-length': body.length,
+    },
+    body,
+  );
+  return { status: r.status, body: r.body as Record<string, unknown> };
 }
