@@ -13,7 +13,6 @@
 // Pending uploads are rows of `s3_uploads` (coordination state, like upload_reservations; not facts).
 import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
-import { createNewFileStream } from '../../shared/storage/local.js';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -35,6 +34,7 @@ import {
 import { s3ConfigOf } from '../../shared/s3/pools.js';
 import { randomBase62 } from '../../shared/security/secrets.js';
 import { signUploadToken } from '../../shared/security/upload-token.js';
+import { createNewFileStream } from '../../shared/storage/local.js';
 import { originalRelPath } from '../../shared/storage/paths.js';
 import type { User } from '../../shared/users.js';
 import { deterministicId, makeEvent } from '../../streams/events/codec.js';

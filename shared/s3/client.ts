@@ -23,7 +23,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat } from 'node:fs/promises';
-import { createNewFileStream } from '../storage/local.js';
 import path from 'node:path';
 import { pipeline as pipelineCallback, Readable, Transform, Writable } from 'node:stream';
 import type { TransformCallback } from 'node:stream';
@@ -41,6 +40,7 @@ import {
 import type { BucketLocationConstraint, S3ClientConfig } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { createNewFileStream } from '../storage/local.js';
 
 export interface S3PoolConfig {
   bucket: string;

@@ -10,6 +10,8 @@ import { pipeline } from 'node:stream/promises';
 import { assertNoSymlinkEscape, resolveInPool } from './paths.js';
 
 /** Temp files of a pool live under its base path, so the final rename never crosses file systems. */
+export const TMP_DIR = '.tmp';
+
 /**
  * A new file (`wx`: never an existing one) as a write stream, opened before it is returned. A stream
  * from createWriteStream(path) opens its file in the background: when the pipeline it is in fails
@@ -20,8 +22,6 @@ export async function createNewFileStream(file: string): Promise<WriteStream> {
   const handle = await fs.open(file, 'wx');
   return handle.createWriteStream();
 }
-
-export const TMP_DIR = '.tmp';
 
 export class LocalStore {
   constructor(readonly basePath: string) {}
