@@ -9,7 +9,7 @@
 //   BENCH_ONLY=pipeline,publish npm run bench       a subset (ids below), writes a temp file
 //   BENCH_EVENTS=1000000 npm run bench              projection rebuild over 1M events (default 200 000)
 //   BENCH_OUT=path.md                               where to write instead
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -74,6 +74,12 @@ interface VariantResultShape {
 }
 
 async function variantsSection(quick: boolean, log: Log): Promise<BenchSection | Skip> {
+  // Row 1's baseline is the vips CLI: without it there is nothing to compare with.
+  try {
+    execFileSync('vips', ['--version'], { stdio: 'ignore' });
+  } catch {
+    return { skipped: 'the vips CLI is not installed (apt-get install libvips-tools): row 1 not measured' };
+  }
   const mod = await optionalModule('./variants.js');
   const run = mod?.runVariantBench;
   if (typeof run !== 'function')
